@@ -34,7 +34,9 @@ class Episode:
 
     def __post_init__(self) -> None:
         if self.candidates.count(self.target) != 1:
-            raise ValueError(f"episode {self.episode_id!r}: target {self.target!r} must appear exactly once in candidates")
+            raise ValueError(
+                f"episode {self.episode_id!r}: target {self.target!r} must appear exactly once in candidates"
+            )
         if len(set(self.candidates)) != len(self.candidates):
             raise ValueError(f"episode {self.episode_id!r}: duplicate candidate ids")
 

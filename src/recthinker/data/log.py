@@ -71,6 +71,7 @@ class InteractionLog:
         frame["timestamp"] = frame["timestamp"].astype("float64")
         frame["rating"] = frame["rating"].astype("float64")
         frame = frame.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+        frame.attrs = {}  # reader metadata (line numbers) does not describe the sorted frame
         object.__setattr__(self, "frame", frame)
 
     @classmethod
@@ -93,7 +94,9 @@ class InteractionLog:
     @cached_property
     def _user_rows(self) -> dict[str, tuple[int, int]]:
         codes = self.frame["user_id"].to_numpy()
-        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else np.array([], dtype=int)
+        starts = (
+            np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else np.array([], dtype=int)
+        )
         ends = np.r_[starts[1:], len(codes)]
         return {codes[s]: (int(s), int(e)) for s, e in zip(starts, ends, strict=True)}
 
