@@ -482,3 +482,21 @@ def _read_background(path: Path) -> InteractionLog:
     if key not in _BG_CACHE:
         _BG_CACHE[key] = InteractionLog.read_parquet(path, name=path.parent.name)
     return _BG_CACHE[key]
+
+
+def ensure_benchmark(dataset: str | Path, out: str | Path | None = None, cfg: BenchmarkConfig | None = None) -> Benchmark:
+    """Open the prepared benchmark of `dataset`, building it first when missing.
+
+    `dataset` is a bundled name (`ml-1m`), a folder of atomic files, or an already prepared benchmark folder
+    (one holding manifest.json). Without `out`, bundled datasets go to `cache_dir()/benchmarks/<name>-seed<seed>`.
+    """
+    from recthinker.data.dataset import cache_dir, load_dataset
+
+    if (Path(dataset) / "manifest.json").is_file():
+        return Benchmark.open(dataset)
+    cfg = cfg or BenchmarkConfig()
+    root = Path(out) if out else cache_dir() / "benchmarks" / f"{Path(str(dataset)).name}-seed{cfg.seed}"
+    if not (root / "manifest.json").is_file():
+        log.info("preparing benchmark %s in %s", dataset, root)
+        build(load_dataset(dataset), root, cfg)
+    return Benchmark.open(root)
