@@ -161,7 +161,7 @@ def read_random(path: str | Path) -> dict[str, list[str]]:
                 raise DataError(f"{path}:{lineno}: expected 'user_id<TAB>item ids', got {line[:80]!r}")
             if user in out:
                 raise DataError(f"{path}:{lineno}: user {user!r} listed twice")
-            out[user] = items.split()
+            out[user] = list(dict.fromkeys(items.split()))  # a repeated id counts once
     return out
 
 

@@ -79,15 +79,6 @@ class BenchmarkConfig:
         self.loo_sizes = tuple(self.loo_sizes)
 
 
-@dataclass
-class _Heldout:
-    """Per evaluated user: background sequence and the two held-out rows."""
-
-    users: list[str]
-    valid: dict[str, str] = field(default_factory=dict)
-    test: dict[str, str] = field(default_factory=dict)
-
-
 def _crc(text: str) -> int:
     return zlib.crc32(text.encode("utf-8"))
 
@@ -102,24 +93,29 @@ def sample_negatives(
     >>> len(neg), "a" in neg, neg == sample_negatives("u", "test", {"a"}, items, seed=1, n=3)
     (3, False, True)
     """
-    available = (
-        len(items) - len(seen & set(items.tolist())) if len(items) < 4 * (n + len(seen)) else len(items)
-    )
+    # `items` holds every item of the dataset, so the user's seen items are a subset of it.
+    available = len(items) - len(seen)
     if available < n:
-        raise DataError(f"user {user_id!r}: only {available} items left to sample {n} negatives from")
+        raise DataError(f"user {user_id!r}: only {available} unseen items to sample {n} negatives from")
+    n_stream = min(
+        MAX_NEGATIVES, available
+    )  # one stream per (user, split) whatever n is: callers get a prefix
     rng = np.random.default_rng([seed, _crc(user_id), SPLIT_CODE[split]])
+    if available < 4 * n_stream:  # small catalogs: a seeded permutation of the unseen items
+        unseen = [i for i in items if i not in seen]
+        return [unseen[j] for j in rng.permutation(len(unseen))[:n]]
     out: list[str] = []
     taken: set[str] = set()
-    while len(out) < n:
-        for idx in rng.integers(0, len(items), size=2 * (n - len(out)) + 8):
+    while len(out) < n_stream:
+        for idx in rng.integers(0, len(items), size=2 * (n_stream - len(out)) + 8):
             item = items[idx]
             if item in seen or item in taken:
                 continue
             taken.add(item)
             out.append(item)
-            if len(out) == n:
+            if len(out) == n_stream:
                 break
-    return out
+    return out[:n]
 
 
 def select_subsets(histories: dict[str, list[str]], n_users: int, seed: int) -> tuple[list[str], list[str]]:
@@ -203,7 +199,7 @@ def _negatives_for(
                 f"{ds.name}.random: user {user!r} has {len(neg)} candidates besides the target, need {n}"
             )
         return neg
-    return sample_negatives(user, split, seen, items, cfg.seed, MAX_NEGATIVES)[:n]
+    return sample_negatives(user, split, seen, items, cfg.seed, n)
 
 
 def build(ds: Dataset, out: Path, cfg: BenchmarkConfig) -> dict:
@@ -297,9 +293,9 @@ def _build_presplit(ds: Dataset, out: Path, cfg: BenchmarkConfig) -> dict:
             seen.setdefault(u, set()).add(i)
             if rest:
                 seen[u].update(rest[0])
-    items = np.array(
-        sorted(set(ds.log.items.ids.tolist()) | {i for s in seen.values() for i in s}), dtype=object
-    )
+    # Pre-split files are often slices of a larger catalog: sample negatives from the whole catalog.
+    pool = set(ds.items.index) | set(ds.log.items.ids.tolist()) | {i for s in seen.values() for i in s}
+    items = np.array(sorted(pool), dtype=object)
     episodes: dict[str, list[Episode]] = {}
     for split in ("valid", "test"):
         df = ds.splits[split]
@@ -307,42 +303,29 @@ def _build_presplit(ds: Dataset, out: Path, cfg: BenchmarkConfig) -> dict:
         for r in range(len(df)):
             u, target = str(df["user_id"].iloc[r]), str(df["item_id"].iloc[r])
             hist = list(df["item_id_list"].iloc[r]) if "item_id_list" in df else list(train_seqs.get(u, []))
-            k = counts[u] = counts.get(u, 0) + 1
-            uid = u if k == 1 else f"{u}#{k}"
+            k = counts[u] = counts.get(u, 0) + 1  # several target rows per user: suffix #k from the 2nd on
             neg = _negatives_for(ds, u, split, target, seen[u], items, cfg, cfg.n_negatives)
+            e = _episode(
+                subset="",
+                split=split,
+                user=u,
+                history=hist[-cfg.history_cap :],
+                target=target,
+                negatives=neg,
+                seed=cfg.seed,
+            )
+            episode_id = f"{split}/{u}" if k == 1 else f"{split}/{u}#{k}"
             eps.append(
-                _episode(
-                    subset="",
-                    split=split,
-                    user=u,
-                    history=hist[-cfg.history_cap :],
+                Episode(
+                    episode_id=episode_id,
+                    user_id=u,
+                    history=e.history,
+                    candidates=e.candidates,
                     target=target,
-                    negatives=neg,
-                    seed=cfg.seed,
+                    split=split,
+                    subset="",
                 )
             )
-            if k > 1:
-                e = eps[-1]
-                eps[-1] = Episode(
-                    episode_id=f"{split}/{uid}",
-                    user_id=u,
-                    history=e.history,
-                    candidates=e.candidates,
-                    target=target,
-                    split=split,
-                    subset="",
-                )
-            else:
-                e = eps[-1]
-                eps[-1] = Episode(
-                    episode_id=f"{split}/{u}",
-                    user_id=u,
-                    history=e.history,
-                    candidates=e.candidates,
-                    target=target,
-                    split=split,
-                    subset="",
-                )
         episodes[split] = eps
     return _write(ds, out, cfg, episodes, {"full": ds.log}, dict.fromkeys(episodes, "full"))
 
@@ -484,7 +467,9 @@ def _read_background(path: Path) -> InteractionLog:
     return _BG_CACHE[key]
 
 
-def ensure_benchmark(dataset: str | Path, out: str | Path | None = None, cfg: BenchmarkConfig | None = None) -> Benchmark:
+def ensure_benchmark(
+    dataset: str | Path, out: str | Path | None = None, cfg: BenchmarkConfig | None = None
+) -> Benchmark:
     """Open the prepared benchmark of `dataset`, building it first when missing.
 
     `dataset` is a bundled name (`ml-1m`), a folder of atomic files, or an already prepared benchmark folder

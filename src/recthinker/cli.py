@@ -1,0 +1,181 @@
+"""`recthinker <verb>`: the command line. The only module that parses argv or configures logging.
+
+Heavy imports (torch, transformers, the baselines) happen inside each verb, so `recthinker --help` is fast.
+
+    recthinker prepare  --dataset ml-1m --out data/ml-1m
+    recthinker evaluate --episodes data/ml-1m/dense/test.jsonl --ranker pop --ranker ease --out outputs/dense
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from recthinker.errors import RecThinkerError
+
+log = logging.getLogger("recthinker")
+
+CLASSIC_RANKERS = ("random", "pop", "itemknn", "ease", "als", "bpr", "sasrec")
+LLM_RANKERS = ("agent", "zero-shot", "fixed-workflow", "teacher")
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from recthinker.data.benchmark import BenchmarkConfig, build
+    from recthinker.data.dataset import load_dataset
+
+    cfg = BenchmarkConfig(
+        seed=args.seed,
+        n_users=args.n_users,
+        window=args.window,
+        n_negatives=args.n_negatives,
+        loo_sizes=tuple(args.loo_sizes),
+        background=args.background,
+        history_cap=args.history_cap,
+        subsets=not args.no_subsets,
+        loo=not args.no_loo,
+    )
+    manifest = build(load_dataset(args.dataset), Path(args.out), cfg)
+    print(f"wrote {args.out}/manifest.json")
+    for name, n in manifest["counts"]["episodes"].items():
+        print(f"  {name:<16} {n:>6} episodes  {manifest['episodes'][name]}")
+    return 0
+
+
+def _resolve_episodes(args: argparse.Namespace):
+    """(benchmark, episode-set name, episodes) from --episodes FILE or --dataset + --set."""
+    from recthinker.data.benchmark import Benchmark, ensure_benchmark, find_manifest, read_episodes
+
+    if args.episodes:
+        manifest = find_manifest(args.episodes)
+        if manifest is None:
+            raise RecThinkerError(f"{args.episodes}: no manifest.json next to it (episodes come from `recthinker prepare`)")
+        bench = Benchmark.open(manifest.parent)
+        name = bench.name_of(args.episodes)
+        episodes = read_episodes(args.episodes)
+    else:
+        bench = ensure_benchmark(args.dataset)
+        name = args.set
+        episodes = bench.episodes(name)
+    if args.limit:
+        episodes = episodes[: args.limit]
+    return bench, name, episodes
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from recthinker.eval.harness import evaluate
+    from recthinker.eval.report import markdown_table
+
+    bench, name, episodes = _resolve_episodes(args)
+    rankers = [build_ranker(r, bench, name, args) for r in args.ranker]
+    summary = evaluate(rankers, episodes, Path(args.out), resume=not args.no_resume, workers=args.workers)
+    print(markdown_table({r.name: summary[r.name] for r in rankers}))
+    print(f"\nwrote {args.out}/summary.json, summary.md, summary.csv, chart.png")
+    return 0
+
+
+def build_ranker(kind: str, bench, name: str, args: argparse.Namespace):
+    """A Ranker for the episodes of set `name` in `bench` (classic scorers are fitted on its background)."""
+    import numpy as np
+
+    if kind in CLASSIC_RANKERS:
+        from recthinker.baselines import make_scorer
+        from recthinker.baselines.base import ScorerRanker, fit_or_load
+
+        background = bench.background(name)
+        scorer = fit_or_load(make_scorer(kind), background, bench.root / "models", np.random.default_rng(args.seed))
+        return ScorerRanker(scorer, name=kind)
+    if kind in LLM_RANKERS:
+        from recthinker.agent.rankers import make_llm_ranker
+
+        return make_llm_ranker(kind, bench, name, model=args.model, seed=args.seed)
+    raise RecThinkerError(f"unknown ranker {kind!r}: use one of {CLASSIC_RANKERS + LLM_RANKERS}")
+
+
+def cmd_tool(args: argparse.Namespace) -> int:
+    from recthinker.tools.commands import run_tool
+
+    tool_args = json.loads(args.args) if args.args else {}
+    print(run_tool(args.dataset, args.user, args.name, tool_args, candidates=args.candidates))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "tools":
+        from recthinker.tools.commands import bench_tools
+
+        result = bench_tools(args.dataset, Path(args.out))
+        print(json.dumps(result, indent=2))
+        return 0
+    raise RecThinkerError(f"unknown benchmark {args.what!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recthinker", description=__doc__.split("\n")[0])
+    p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    s = sub.add_parser("prepare", help="build benchmark episodes (dense/sparse subsets, leave-one-out)")
+    s.add_argument("--dataset", required=True, help="ml-100k | ml-1m | folder of RecBole atomic files")
+    s.add_argument("--out", required=True, help="output folder (episodes JSONL, background, manifest.json)")
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--n-users", type=int, default=100, help="users per dense/sparse subset")
+    s.add_argument("--window", type=int, default=8, help="interactions per subset user (history+valid+test)")
+    s.add_argument("--n-negatives", type=int, default=9, help="negatives per subset episode")
+    s.add_argument("--loo-sizes", type=int, nargs="+", default=[10, 20, 100], help="leave-one-out list sizes")
+    s.add_argument("--background", choices=["full", "subset"], default="full",
+                   help="full: all but held-out rows; subset: only the subset users' window histories")
+    s.add_argument("--history-cap", type=int, default=50, help="history items stored per episode")
+    s.add_argument("--no-subsets", action="store_true", help="skip the dense/sparse subsets")
+    s.add_argument("--no-loo", action="store_true", help="skip the full leave-one-out episodes")
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("evaluate", help="rank benchmark episodes with one or more rankers; write the summary")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--episodes", help="an episodes JSONL written by `prepare`")
+    g.add_argument("--dataset", help="bundled dataset name (prepared into the cache on first use)")
+    s.add_argument("--set", default="dense/test", help="episode set with --dataset (dense/test, sparse/test, loo/test, ...)")
+    s.add_argument("--ranker", action="append", required=True, help=f"one of {', '.join(CLASSIC_RANKERS + LLM_RANKERS)}")
+    s.add_argument("--out", required=True, help="output folder (per-ranker JSONL, summary.{json,md,csv}, chart.png)")
+    s.add_argument("--model", default=None, help="LLM rankers: GGUF file, HF folder/adapter, or server URL")
+    s.add_argument("--workers", type=int, default=1, help="episodes ranked concurrently (LLM servers)")
+    s.add_argument("--limit", type=int, default=0, help="only the first N episodes (0 = all)")
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--no-resume", action="store_true", help="ignore (and overwrite) finished episodes in --out")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("tool", help="call one agent tool for a user and print its observation")
+    s.add_argument("name", help="tool name (user_profile, user_history, item_info, search_items, ...)")
+    s.add_argument("--dataset", default="ml-1m")
+    s.add_argument("--user", required=True)
+    s.add_argument("--args", default="", help='tool arguments as JSON, e.g. \'{"k": 5}\'')
+    s.add_argument("--candidates", nargs="*", default=None, help="candidate item ids (default: the user's test episode)")
+    s.set_defaults(func=cmd_tool)
+
+    s = sub.add_parser("bench", help="benchmarks: tools (latency, signal strength)")
+    s.add_argument("what", choices=["tools"])
+    s.add_argument("--dataset", default="ml-1m")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except RecThinkerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
