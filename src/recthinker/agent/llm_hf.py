@@ -1,0 +1,189 @@
+"""`HFChat`: a transformers causal LM (optionally with a PEFT LoRA adapter) as a `ChatModel`.
+
+The tokenizer's chat template renders the messages and tools (`apply_chat_template(..., tools=...)`);
+Hermes/Qwen `<tool_call>{json}</tool_call>` blocks in the output become OpenAI `tool_calls`. This is
+the back end for checkpoints our SFT/GRPO runs write. torch, transformers and peft are imported on
+first use (they are in the `[train]` extra).
+
+    model = HFChat("outputs/sft-smollm2/base", adapter_dir="outputs/sft-smollm2/adapter")
+    model.generate(messages, tools=tool_schemas, max_tokens=256).message
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from recthinker.agent.llm import ChatResult, parse_hermes_tool_calls
+
+log = logging.getLogger(__name__)
+
+
+class HFChat:
+    """A local transformers chat model; loads on first call, calls are serialised by a lock."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        adapter_dir: str | Path | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+    ) -> None:
+        """Args:
+        model_dir: Directory with the base model (config + weights) and, unless the adapter has one, the tokenizer.
+        adapter_dir: Optional PEFT LoRA adapter directory; its tokenizer (and chat template) wins if present.
+        device: torch device, e.g. "cpu" or "cuda".
+        dtype: torch dtype name: "float32", "bfloat16", "float16" or "auto".
+        """
+        self.model_dir = Path(model_dir)
+        self.adapter_dir = Path(adapter_dir) if adapter_dir is not None else None
+        self.name = (self.adapter_dir or self.model_dir).name
+        self.device = device
+        self.dtype = dtype
+        self._lock = threading.Lock()
+        self._model: Any = None
+        self._tokenizer: Any = None
+
+    def __repr__(self) -> str:
+        return f"HFChat({str(self.model_dir)!r}, adapter_dir={self.adapter_dir!r})"
+
+    def _load(self) -> tuple[Any, Any]:
+        if self._model is None:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            start = time.perf_counter()
+            tok_dir = self.model_dir
+            if self.adapter_dir is not None and (self.adapter_dir / "tokenizer_config.json").is_file():
+                tok_dir = self.adapter_dir
+            tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype)
+            if self.adapter_dir is not None:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, self.adapter_dir)
+            self._model = model.to(self.device).eval()
+            self._tokenizer = tokenizer
+            log.info("loaded %s on %s in %.1fs", self.name, self.device, time.perf_counter() - start)
+        return self._model, self._tokenizer
+
+    def _prompt_ids(
+        self, tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict] | None
+    ) -> list[int]:
+        text = tokenizer.apply_chat_template(
+            template_messages(messages), tools=tools or None, add_generation_prompt=True, tokenize=False
+        )
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def generate(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        json_schema: dict[str, Any] | None = None,
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+    ) -> ChatResult:
+        """One assistant turn (see `ChatModel.generate`). `json_schema` is not supported here."""
+        if json_schema is not None:
+            raise NotImplementedError(
+                "HFChat cannot constrain output to a JSON schema; use LlamaCpp or a vLLM server"
+            )
+        import torch
+        from transformers import GenerationConfig
+
+        start = time.perf_counter()
+        with self._lock:
+            model, tokenizer = self._load()
+            prompt = self._prompt_ids(tokenizer, messages, tools)
+            eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
+            config = GenerationConfig(
+                max_new_tokens=max_tokens,
+                do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None,
+                top_p=None,
+                top_k=None,
+                eos_token_id=eos,
+                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
+                stop_strings=stop or None,
+            )
+            if seed is not None:
+                torch.manual_seed(seed)
+            input_ids = torch.tensor([prompt], device=self.device)
+            with torch.inference_mode():
+                output = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    generation_config=config,
+                    tokenizer=tokenizer,
+                )
+        new_ids = output[0, len(prompt) :].tolist()
+        eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
+        hit_eos = bool(new_ids) and new_ids[-1] in eos_ids
+        text = tokenizer.decode(new_ids, skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in stop or []) if i >= 0), default=-1)
+        if cut >= 0:
+            text = text[:cut]
+        content, tool_calls = parse_hermes_tool_calls(text)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+            finish = "tool_calls"
+        elif hit_eos or cut >= 0 or len(new_ids) < max_tokens:
+            finish = "stop"
+        else:
+            finish = "length"
+        return ChatResult(
+            message=message,
+            prompt_tokens=len(prompt),
+            completion_tokens=len(new_ids),
+            latency_s=time.perf_counter() - start,
+            finish_reason=finish,
+        )
+
+    def logprobs_of(self, messages: list[dict[str, Any]], options: list[str]) -> list[float]:
+        """Exact log P(option | prompt) for each option, summed over the option's own tokens."""
+        import torch
+
+        with self._lock:
+            model, tokenizer = self._load()
+            prompt = self._prompt_ids(tokenizer, messages, None)
+            scores = []
+            for option in options:
+                option_ids = tokenizer(option, add_special_tokens=False)["input_ids"]
+                if not option_ids:
+                    raise ValueError(f"option {option!r} has no tokens")
+                ids = torch.tensor([prompt + option_ids], device=self.device)
+                with torch.inference_mode():
+                    logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()  # (len(option), V)
+                logp = torch.log_softmax(logits, dim=-1)
+                target = torch.tensor(option_ids, device=self.device)
+                scores.append(float(logp.gather(1, target[:, None]).sum()))
+        return scores
+
+
+def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copy messages into the shape HF chat templates expect: tool-call arguments as dicts, content as str."""
+    out = []
+    for m in messages:
+        m = dict(m)
+        if m.get("content") is None:
+            m["content"] = ""
+        if m.get("tool_calls"):
+            calls = []
+            for tc in m["tool_calls"]:
+                fn = dict(tc["function"])
+                if isinstance(fn.get("arguments"), str):
+                    # Unparseable arguments stay a raw string: the model sees its own mistake.
+                    with contextlib.suppress(json.JSONDecodeError):
+                        fn["arguments"] = json.loads(fn["arguments"])
+                calls.append({**tc, "function": fn})
+            m["tool_calls"] = calls
+        out.append(m)
+    return out

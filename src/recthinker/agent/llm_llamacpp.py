@@ -1,0 +1,218 @@
+"""llama.cpp in-process through `xllamacpp`: `LlamaCpp` (direct calls) and `serve_llamacpp` (loopback HTTP).
+
+`xllamacpp.Server(params)` loads a GGUF and runs llama.cpp's own server engine in background threads;
+`handle_chat_completions(request_dict)` answers OpenAI-shaped requests without HTTP, and the same
+object also listens on `params.hostnames`/`params.port` (loopback, port 0 = any free port) for
+`POST /v1/chat/completions`. Dropping the last reference stops it. Use one thread when the CPU is
+shared: llama.cpp decoding collapses with two threads and a busy neighbour.
+
+    model = LlamaCpp(bundled_model_path())
+    model.generate([{"role": "user", "content": "Hi"}], max_tokens=16)
+
+    with serve_llamacpp(bundled_model_path()) as base_url:   # http://127.0.0.1:<port>/v1
+        OpenAICompatible(base_url).generate(...)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from recthinker.agent.llm import ChatResult, LLMServerError, chat_payload, chat_result
+from recthinker.agent.llm_openai import forced_option_logprob, gbnf_literal
+from recthinker.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def start_server(
+    model_path: str | Path,
+    *,
+    n_ctx: int = 4096,
+    n_threads: int = 1,
+    seed: int = 0,
+    n_parallel: int = 1,
+    host: str = "127.0.0.1",
+    port: int = 0,
+) -> Any:
+    """Load `model_path` into a new `xllamacpp.Server` (also listening on `host:port`, 0 = any free port).
+
+    Args:
+        model_path: A GGUF file.
+        n_ctx: Context window in tokens, shared by the `n_parallel` slots.
+        n_threads: CPU threads for prompt processing and decoding.
+        seed: Default sampling seed (a request's `seed` overrides it).
+        n_parallel: Sequences decoded together (continuous batching); each gets n_ctx / n_parallel tokens.
+        host: Interface the HTTP endpoint binds to; keep it on loopback.
+        port: TCP port, 0 for any free one (read it back from `server.listening_address`).
+    """
+    import xllamacpp
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise ConfigError(f"GGUF model file not found: {path}")
+    params = xllamacpp.CommonParams()
+    params.model.path = str(path)
+    params.n_ctx = n_ctx
+    params.n_parallel = n_parallel
+    params.cpuparams.n_threads = n_threads
+    params.cpuparams_batch.n_threads = n_threads
+    params.sampling.seed = seed
+    params.hostnames = [host]
+    params.port = port
+    params.verbosity = 0  # llama.cpp logs to stderr at level 3 by default
+    # Keep any <think> text in `content`: the agent's reasoning is part of the transcript we train on.
+    params.reasoning_format = xllamacpp.common_reasoning_format.COMMON_REASONING_FORMAT_NONE
+    start = time.perf_counter()
+    server = xllamacpp.Server(params)
+    log.info("llama.cpp loaded %s in %.1fs (%d threads)", path.name, time.perf_counter() - start, n_threads)
+    return server
+
+
+class LlamaCpp:
+    """A GGUF model run in-process by llama.cpp; loads on first call, safe to share between threads."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        n_ctx: int = 4096,
+        n_threads: int = 1,
+        seed: int = 0,
+        n_parallel: int = 1,
+    ) -> None:
+        """Args:
+        model_path: A GGUF file.
+        n_ctx: Context window in tokens (shared by the parallel slots).
+        n_threads: CPU threads; keep 1 on a shared CPU.
+        seed: Default sampling seed.
+        n_parallel: Requests decoded together when several threads call at once.
+        """
+        self.model_path = Path(model_path)
+        self.name = self.model_path.stem
+        self._settings = {"n_ctx": n_ctx, "n_threads": n_threads, "seed": seed, "n_parallel": n_parallel}
+        self._server: Any = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LlamaCpp({str(self.model_path)!r})"
+
+    def _get_server(self) -> Any:
+        with self._lock:
+            if self._server is None:
+                self._server = start_server(self.model_path, **self._settings)
+            return self._server
+
+    def close(self) -> None:
+        """Free the model (the next call loads it again)."""
+        with self._lock:
+            self._server = None
+
+    def chat_completions(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send a raw OpenAI-shaped request dict to llama.cpp; errors become `LLMServerError`."""
+        try:
+            response = self._get_server().handle_chat_completions(request)
+        except ValueError as e:  # xllamacpp raises ValueError on invalid requests (bad schema, bad messages)
+            raise LLMServerError(f"llama.cpp rejected the request: {e}") from e
+        if "error" in response:
+            raise LLMServerError(f"llama.cpp returned an error: {response['error']}")
+        return response
+
+    def generate(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        json_schema: dict[str, Any] | None = None,
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+    ) -> ChatResult:
+        """One assistant turn (see `ChatModel.generate`).
+
+        `tools` reach the model only if its chat template renders them (SmolLM2's does not: describe
+        the tools in the system prompt and constrain the call with `json_schema`).
+        """
+        payload = chat_payload(
+            messages,
+            model=self.name,
+            tools=tools,
+            json_schema=json_schema,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=seed,
+            stop=stop,
+        )
+        start = time.perf_counter()
+        response = self.chat_completions(payload)
+        return chat_result(response, time.perf_counter() - start)
+
+    def logprobs_of(self, messages: list[dict[str, Any]], options: list[str]) -> list[float]:
+        """Log-probability of each option as the start of the assistant reply (summed over its tokens).
+
+        Each option is forced with a one-string grammar; llama.cpp reports the raw (pre-grammar)
+        log-probability of every forced token, so the sum is log P(option | prompt) under the
+        tokenisation greedy decoding picks. Prompt caching makes the options after the first cheap.
+        """
+        scores = []
+        for option in options:
+            request = {
+                "messages": messages,
+                "temperature": 0.0,
+                "max_tokens": 64,
+                "logprobs": True,
+                "top_logprobs": 1,
+                "grammar": gbnf_literal(option),
+            }
+            scores.append(forced_option_logprob(self.chat_completions(request), option))
+        return scores
+
+
+@contextmanager
+def serve_llamacpp(
+    model_path: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    n_threads: int = 1,
+    n_ctx: int = 4096,
+    n_parallel: int = 1,
+) -> Iterator[str]:
+    """Run llama.cpp's OpenAI-compatible HTTP server in this process; yields its base URL (`.../v1`).
+
+    Args:
+        model_path: A GGUF file.
+        host: Interface to bind; keep it on loopback.
+        port: TCP port, 0 for any free one.
+        n_threads: CPU threads.
+        n_ctx: Context window in tokens (shared by the parallel slots).
+        n_parallel: Requests decoded together.
+    """
+    import httpx
+
+    server = start_server(
+        model_path, n_ctx=n_ctx, n_threads=n_threads, n_parallel=n_parallel, host=host, port=port
+    )
+    address = server.listening_address  # e.g. http://127.0.0.1:41235
+    try:
+        _wait_healthy(httpx, address, timeout_s=30.0)
+        yield address + "/v1"
+    finally:
+        del server  # ~Server stops the HTTP listener and the engine thread
+
+
+def _wait_healthy(httpx: Any, address: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(address + "/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass  # not listening yet
+        if time.monotonic() > deadline:
+            raise LLMServerError(f"llama.cpp server at {address} not healthy after {timeout_s:.0f}s")
+        time.sleep(0.1)
