@@ -1,0 +1,323 @@
+"""The RecThinker agent loop: analyze -> plan -> act (call tools) -> ... -> answer (a full ranking).
+
+    agent = RecThinker(model, env, items=catalog)          # model: any ChatModel, env: RecEnv
+    trajectory = agent.run(episode)                        # every turn, tool call and the ranking
+
+Each assistant turn writes `<analyze>` and `<plan>` and then either tool calls or `<answer>`. Model
+mistakes -- malformed tool JSON, unknown tools, bad arguments, invalid or incomplete answers -- become
+observations the model can react to; when no valid answer arrives by `max_steps` the ranking is invalid
+(and scores 0). Our own bugs raise. The same class runs the two passive LLM baselines: `zero-shot`
+(history + candidates, no tools) and `fixed-workflow` (every tool called once in a fixed order, then rank).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pandas as pd
+
+from recthinker.agent.llm import ChatModel
+from recthinker.agent.parse import parse_ranking, parse_turn
+from recthinker.agent.prompting import render_for_prompt_mode, task_prompt, template, tools_block
+from recthinker.agent.trajectory import Step, ToolCallRecord, Trajectory
+from recthinker.errors import ConfigError
+from recthinker.types import Episode, Ranking
+
+MODES = ("agent", "zero-shot", "fixed-workflow")
+TOOL_MODES = ("prompt", "native")
+
+
+class Observation(Protocol):
+    text: str
+    ok: bool
+    error: str
+
+
+class ToolEnv(Protocol):
+    """What the loop needs from the environment (`recthinker.tools.env.RecEnv`)."""
+
+    def reset_episode(self, episode: Episode) -> None: ...
+
+    def call(self, name: str, arguments: dict[str, Any]) -> Observation: ...
+
+    def tool_schemas(self) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class AgentConfig:
+    """Settings of one agent (or LLM baseline) run."""
+
+    mode: str = "agent"  # agent | zero-shot | fixed-workflow
+    max_steps: int = 6  # assistant turns per episode, answer included
+    max_tool_calls: int = 6  # tool-call budget per episode; calls beyond it get an error observation
+    tool_mode: str = (
+        "prompt"  # prompt: schemas in the system prompt, <tool_call> text; native: server `tools`
+    )
+    n_history: int = 10  # history items shown in the task prompt (tools can fetch more)
+    temperature: float = 0.0  # 0 = greedy
+    max_tokens: int = 384  # per assistant turn
+    seed: int = 0  # sampling seed passed to the back end
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.tool_mode not in TOOL_MODES:
+            raise ConfigError(f"tool_mode must be one of {TOOL_MODES}, got {self.tool_mode!r}")
+        if self.max_steps < 1 or self.max_tool_calls < 0 or self.max_tokens < 8:
+            raise ConfigError(f"max_steps >= 1, max_tool_calls >= 0 and max_tokens >= 8 required: {self}")
+
+
+INSTRUCTIONS = {
+    "agent": "Investigate with the tools until the evidence suffices, then rank all candidates.",
+    "zero-shot": "Rank all candidates now.",
+    "fixed-workflow": "The tool results below are all the evidence you get. Rank all candidates now.",
+}
+
+
+class RecThinker:
+    """An LLM that investigates with tools before it ranks. Implements `Ranker`."""
+
+    def __init__(
+        self,
+        model: ChatModel,
+        env: ToolEnv | None,
+        *,
+        items: pd.DataFrame | None = None,
+        config: AgentConfig | None = None,
+        name: str | None = None,
+        on_step: Callable[[Trajectory, Step], None] | None = None,
+        fixed_workflow: Sequence[tuple[str, dict[str, Any]]] = (),
+    ) -> None:
+        self.model = model
+        self.env = env
+        self.items = items
+        self.config = config or AgentConfig()
+        self.name = name or self.config.mode
+        self.on_step = on_step  # live display / streaming hook, called after each turn
+        self.fixed_workflow = list(fixed_workflow)  # (tool, arguments) for the fixed-workflow baseline
+        if self.config.mode != "zero-shot" and env is None:
+            raise ConfigError(f"mode {self.config.mode!r} needs a tool environment")
+        if self.config.mode == "fixed-workflow" and not self.fixed_workflow:
+            raise ConfigError("fixed-workflow mode needs the list of (tool, arguments) to call")
+
+    # -- Ranker protocol -------------------------------------------------------------------------
+    def rank(self, episode: Episode) -> Ranking:
+        traj = self.run(episode)
+        info = {**traj.summary(), "trajectory": traj.to_dict()}
+        return Ranking(items=tuple(traj.ranking), valid=traj.valid, note=traj.note, info=info)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self, episode: Episode) -> Trajectory:
+        cfg = self.config
+        start = time.perf_counter()
+        traj = Trajectory(
+            episode_id=episode.episode_id,
+            user_id=episode.user_id,
+            candidates=list(episode.candidates),
+            target=episode.target or None,
+            kind=cfg.mode,
+            model=getattr(self.model, "name", type(self.model).__name__),
+        )
+        tools: list[dict[str, Any]] = []
+        if self.env is not None:
+            self.env.reset_episode(episode)
+            if cfg.mode == "agent":
+                tools = self.env.tool_schemas()
+        traj.tools = tools
+        traj.messages = [
+            {"role": "system", "content": self._system_prompt(len(episode.candidates), tools)},
+            {
+                "role": "user",
+                "content": task_prompt(
+                    episode, self.items, n_history=cfg.n_history, instruction=INSTRUCTIONS[cfg.mode]
+                ),
+            },
+        ]
+        if cfg.mode == "fixed-workflow":
+            self._run_fixed_workflow(traj)
+        budget = cfg.max_tool_calls if cfg.mode == "agent" else 0
+        for index in range(cfg.max_steps):
+            if index == cfg.max_steps - 1 and index > 0:
+                traj.messages.append(
+                    {"role": "user", "content": "This is your last turn: give the final <answer> now."}
+                )
+            step = self._turn(traj, index, tools)
+            traj.steps.append(step)
+            if step.answer is not None and not step.problems:
+                break
+            if step.tool_calls:
+                budget = self._act(traj, step, budget)
+            if step.problems:
+                traj.messages.append(
+                    {"role": "user", "content": "Format problem: " + "; ".join(step.problems)}
+                )
+            if self.on_step:
+                self.on_step(traj, step)
+        else:
+            traj.note = f"no valid answer within {cfg.max_steps} turns"
+        if traj.valid and self.on_step:
+            self.on_step(traj, traj.steps[-1])
+        traj.latency_s = time.perf_counter() - start
+        return traj
+
+    def _system_prompt(self, n_candidates: int, tools: list[dict[str, Any]]) -> str:
+        cfg = self.config
+        if cfg.mode != "agent":
+            return template("zero_shot").format(n_candidates=n_candidates).strip()
+        text = template("system").format(n_candidates=n_candidates, max_tool_calls=cfg.max_tool_calls).strip()
+        if cfg.tool_mode == "prompt":
+            text += "\n" + tools_block(tools)
+        return text
+
+    def _turn(self, traj: Trajectory, index: int, tools: list[dict[str, Any]]) -> Step:
+        cfg = self.config
+        native = cfg.mode == "agent" and cfg.tool_mode == "native"
+        messages = traj.messages if native else render_for_prompt_mode(traj.messages)
+        result = self.model.generate(
+            messages,
+            tools=tools if native else None,
+            temperature=cfg.temperature,
+            max_tokens=cfg.max_tokens,
+            seed=cfg.seed + index,
+        )
+        text = result.message.get("content") or ""
+        turn = parse_turn(text, result.message.get("tool_calls") or ())
+        step = Step(
+            index=index,
+            content=text,
+            analyze=turn.analyze,
+            plan=turn.plan,
+            answer=turn.answer,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            latency_s=result.latency_s,
+        )
+        assistant: dict[str, Any] = {"role": "assistant", "content": turn.content}
+        if turn.answer is not None:
+            parsed = parse_ranking(turn.answer, traj.candidates)
+            step.problems = list(parsed.problems)
+            if parsed.valid:
+                traj.ranking, traj.valid = list(parsed.items), True
+                if turn.tool_calls:
+                    traj.note = "answer given together with tool calls: tool calls ignored"
+                traj.messages.append(assistant)
+                return step
+            step.answer = turn.answer
+            if turn.tool_calls:  # an invalid answer next to tool calls: run the tools, drop the answer
+                step.answer, step.problems = None, []
+        if turn.tool_calls and cfg.mode == "agent":
+            assistant["tool_calls"] = turn.tool_calls
+            step.tool_calls = [
+                ToolCallRecord(
+                    name=c["function"]["name"], arguments=c["function"]["arguments"], observation="", ok=False
+                )
+                for c in turn.tool_calls
+            ]
+        elif turn.tool_calls:
+            step.problems.append("tools are not available in this task: answer with <answer>")
+        if turn.malformed_calls:
+            step.problems.append(
+                f"{turn.malformed_calls} <tool_call> block(s) are not valid JSON of the form "
+                '{"name": "<tool>", "arguments": {...}}'
+            )
+        if turn.answer is None and not turn.tool_calls and not turn.malformed_calls:
+            if result.finish_reason == "length":
+                step.problems.append(f"the turn was cut off at {cfg.max_tokens} tokens: write less")
+            step.problems.append(
+                "write either <tool_call>{...}</tool_call> or the final <answer>[..] > [..]</answer>"
+            )
+        traj.messages.append(assistant)
+        return step
+
+    def _act(self, traj: Trajectory, step: Step, budget: int) -> int:
+        """Run the step's tool calls against the environment; return the budget left."""
+        calls = traj.messages[-1]["tool_calls"]
+        for record, call in zip(step.tool_calls, calls, strict=True):
+            t0 = time.perf_counter()
+            raw = call["function"]["arguments"]
+            try:
+                args = json.loads(raw) if isinstance(raw, str) else dict(raw)
+            except json.JSONDecodeError:
+                args = None
+            if budget <= 0:
+                record.observation, record.error = (
+                    f"Tool budget of {self.config.max_tool_calls} calls is used up: give the final <answer> now.",
+                    "budget",
+                )
+            elif not isinstance(args, dict):
+                record.observation, record.error = (
+                    f"Arguments of {record.name} are not a JSON object: {raw!r}",
+                    "bad_json",
+                )
+            else:
+                record.arguments = args
+                obs = self.env.call(record.name, args)
+                record.observation, record.ok, record.error = obs.text, obs.ok, obs.error
+                budget -= 1
+            record.latency_s = time.perf_counter() - t0
+            traj.messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": call.get("id", ""),
+                    "name": record.name,
+                    "content": record.observation,
+                }
+            )
+        return budget
+
+    def _run_fixed_workflow(self, traj: Trajectory) -> None:
+        """Call every tool once in a fixed order and put the results into the conversation."""
+        step = Step(index=-1, content="(fixed workflow: every tool once, in order)")
+        calls = []
+        for k, (name, args) in enumerate(self.fixed_workflow):
+            t0 = time.perf_counter()
+            obs = self.env.call(name, dict(args))
+            step.tool_calls.append(
+                ToolCallRecord(
+                    name=name,
+                    arguments=dict(args),
+                    observation=obs.text,
+                    ok=obs.ok,
+                    error=obs.error,
+                    latency_s=time.perf_counter() - t0,
+                )
+            )
+            calls.append(
+                {
+                    "id": f"fixed_{k}",
+                    "type": "function",
+                    "function": {"name": name, "arguments": json.dumps(args)},
+                }
+            )
+        traj.messages.append({"role": "assistant", "content": "", "tool_calls": calls})
+        for call, record in zip(calls, step.tool_calls, strict=True):
+            traj.messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": call["id"],
+                    "name": record.name,
+                    "content": record.observation,
+                }
+            )
+        traj.steps.append(step)
+
+
+def run_safely(agent: RecThinker, episode: Episode) -> Trajectory:
+    """`agent.run`, with our own failures recorded in the trajectory instead of raised (batch rollouts)."""
+    try:
+        return agent.run(episode)
+    except Exception:  # noqa: BLE001 -- episode boundary of a batch run: record, continue, fail at the end
+        return Trajectory(
+            episode_id=episode.episode_id,
+            user_id=episode.user_id,
+            candidates=list(episode.candidates),
+            target=episode.target,
+            kind=agent.config.mode,
+            error=traceback.format_exc(),
+            note="error",
+        )

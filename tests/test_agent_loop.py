@@ -1,0 +1,247 @@
+"""The agent loop with a scripted chat model (a test double) and a small fake tool environment."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recthinker.agent.llm import ChatResult
+from recthinker.agent.loop import AgentConfig, RecThinker
+from recthinker.agent.parse import parse_ranking
+from recthinker.agent.prompting import render_for_prompt_mode
+from recthinker.agent.trajectory import Trajectory
+from recthinker.types import Episode
+
+EPISODE = Episode(episode_id="e1", user_id="u1", history=("h1", "h2"), candidates=("a", "b", "c"), target="b")
+
+
+class ScriptedModel:
+    """Replies with the scripted texts in order; records the messages it was shown."""
+
+    name = "scripted"
+
+    def __init__(self, replies: list[str]) -> None:
+        self.replies = list(replies)
+        self.seen: list[list[dict]] = []
+
+    def generate(
+        self, messages, *, tools=None, json_schema=None, temperature=0.0, max_tokens=512, seed=None, stop=None
+    ):
+        self.seen.append(messages)
+        text = self.replies.pop(0) if self.replies else ""
+        return ChatResult(
+            message={"role": "assistant", "content": text},
+            prompt_tokens=10,
+            completion_tokens=5,
+            latency_s=0.0,
+            finish_reason="stop",
+        )
+
+
+@dataclass
+class Obs:
+    text: str
+    ok: bool = True
+    error: str = ""
+
+
+class FakeEnv:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+        self.resets = 0
+
+    def reset_episode(self, episode):
+        self.resets += 1
+
+    def tool_schemas(self):
+        return [
+            {
+                "type": "function",
+                "function": {
+                    "name": "user_history",
+                    "description": "d",
+                    "parameters": {"type": "object", "properties": {"k": {"type": "integer"}}},
+                },
+            }
+        ]
+
+    def call(self, name, arguments):
+        self.calls.append((name, arguments))
+        if name != "user_history":
+            return Obs(f"Unknown tool {name!r}. Available: user_history", ok=False, error="unknown_tool")
+        return Obs(f"history: h1, h2 (k={arguments.get('k')})")
+
+
+def call(name: str, **args) -> str:
+    return f"<tool_call>{json.dumps({'name': name, 'arguments': args})}</tool_call>"
+
+
+def test_tool_call_then_answer():
+    model = ScriptedModel(
+        [
+            "<analyze>Need history.</analyze><plan>Call user_history.</plan>" + call("user_history", k=5),
+            "<analyze>Enough.</analyze><plan>Rank.</plan><answer>[2] > [3] > [1]</answer>",
+        ]
+    )
+    env = FakeEnv()
+    traj = RecThinker(model, env).run(EPISODE)
+    assert traj.valid and traj.ranking == ["b", "c", "a"]
+    assert env.calls == [("user_history", {"k": 5})] and env.resets == 1
+    assert (
+        traj.n_tool_calls == 1
+        and traj.steps[0].analyze == "Need history."
+        and traj.steps[0].plan == "Call user_history."
+    )
+    # the second prompt carried the tool result back, as a <tool_response> turn in prompt mode
+    assert "<tool_response>\nhistory: h1, h2 (k=5)\n</tool_response>" in model.seen[1][-1]["content"]
+    # the tools are described in the system prompt
+    assert '"name": "user_history"' in model.seen[0][0]["content"]
+    row = traj.to_sft_row()
+    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
+    assert row["messages"][2]["tool_calls"][0]["function"] == {"name": "user_history", "arguments": {"k": 5}}
+    assert row["tools"][0]["function"]["name"] == "user_history"
+
+
+def test_mistakes_become_observations():
+    model = ScriptedModel(
+        [
+            "<tool_call>{not json}</tool_call>",
+            call("nope"),
+            "<answer>[1] > [1]</answer>",
+            "<answer>[3] > [1] > [2]</answer>",
+        ]
+    )
+    env = FakeEnv()
+    traj = RecThinker(model, env, config=AgentConfig(max_steps=6)).run(EPISODE)
+    assert traj.valid and traj.ranking == ["c", "a", "b"]
+    assert "not valid JSON" in traj.steps[0].problems[0]
+    assert traj.steps[1].tool_calls[0].error == "unknown_tool" and traj.n_tool_errors == 1
+    assert any("listed twice" in p for p in traj.steps[2].problems)
+    assert "Format problem" in model.seen[3][-1]["content"]
+
+
+def test_no_answer_is_invalid_never_candidate_order():
+    traj = RecThinker(ScriptedModel(["hmm"] * 3), FakeEnv(), config=AgentConfig(max_steps=3)).run(EPISODE)
+    assert not traj.valid and traj.ranking == [] and "no valid answer" in traj.note
+    ranking = RecThinker(ScriptedModel(["..."] * 3), FakeEnv(), config=AgentConfig(max_steps=3)).rank(EPISODE)
+    assert not ranking.valid and ranking.items == ()
+
+
+def test_tool_budget_enforced():
+    model = ScriptedModel([call("user_history", k=1) * 3, "<answer>[1] > [2] > [3]</answer>"])
+    env = FakeEnv()
+    traj = RecThinker(model, env, config=AgentConfig(max_tool_calls=2)).run(EPISODE)
+    assert len(env.calls) == 2 and traj.tool_calls[2].error == "budget" and traj.valid
+
+
+def test_last_turn_warning_and_rank_info():
+    model = ScriptedModel([call("user_history", k=1), "<answer>[1] > [2] > [3]</answer>"])
+    ranking = RecThinker(model, FakeEnv(), config=AgentConfig(max_steps=2)).rank(EPISODE)
+    assert "last turn" in model.seen[1][-1]["content"]
+    assert ranking.valid and ranking.info["tool_calls"] == 1 and ranking.info["turns"] == 2
+
+
+def test_zero_shot_and_fixed_workflow():
+    zs = RecThinker(
+        ScriptedModel(["<answer>[2] > [1] > [3]</answer>"]), None, config=AgentConfig(mode="zero-shot")
+    )
+    traj = zs.run(EPISODE)
+    assert traj.valid and traj.tools == [] and "Rank all candidates now" in traj.messages[1]["content"]
+    env = FakeEnv()
+    fw = RecThinker(
+        ScriptedModel(["<answer>[2] > [1] > [3]</answer>"]),
+        env,
+        config=AgentConfig(mode="fixed-workflow"),
+        fixed_workflow=[("user_history", {"k": 3})],
+    )
+    traj = fw.run(EPISODE)
+    assert env.calls == [("user_history", {"k": 3})] and traj.valid and traj.n_tool_calls == 1
+    with pytest.raises(Exception, match="fixed-workflow mode needs"):
+        RecThinker(ScriptedModel([]), env, config=AgentConfig(mode="fixed-workflow"))
+
+
+def test_trajectory_round_trip():
+    traj = RecThinker(
+        ScriptedModel([call("user_history", k=2), "<answer>[1] > [2] > [3]</answer>"]), FakeEnv()
+    ).run(EPISODE)
+    again = Trajectory.from_dict(json.loads(json.dumps(traj.to_dict())))
+    assert again.to_dict() == traj.to_dict() and again.n_tool_calls == 1
+
+
+def test_render_for_prompt_mode_merges_tool_results():
+    msgs = [
+        {
+            "role": "assistant",
+            "content": "x",
+            "tool_calls": [
+                {"type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}},
+                {"type": "function", "function": {"name": "g", "arguments": "{}"}},
+            ],
+        },
+        {"role": "tool", "content": "r1"},
+        {"role": "tool", "content": "r2"},
+    ]
+    out = render_for_prompt_mode(msgs)
+    assert out[0]["content"].count("<tool_call>") == 2 and '"arguments": {"a": 1}' in out[0]["content"]
+    assert len(out) == 2 and out[1]["role"] == "user" and out[1]["content"].count("<tool_response>") == 2
+
+
+# Fuzz: thousands of generated malformed outputs through the parser and the loop -- never a crash, and a
+# ranking is valid only when it is a permutation of the candidates.
+pieces = st.sampled_from(
+    [
+        "<analyze>",
+        "</analyze>",
+        "<plan>",
+        "</plan>",
+        "<answer>",
+        "</answer>",
+        "<tool_call>",
+        "</tool_call>",
+        "[1]",
+        "[2]",
+        "[3]",
+        "[4]",
+        "[0]",
+        " > ",
+        "{",
+        "}",
+        '"name"',
+        '"arguments"',
+        ":",
+        ",",
+        '"user_history"',
+        '"nope"',
+        "null",
+        "[",
+        "]",
+        "a",
+        "b",
+        "c",
+        "\n",
+        '{"k": 3}',
+        '{"k": "x"}',
+        "\\",
+        "\u00e9",
+    ]
+)
+texts = st.one_of(st.text(max_size=200), st.lists(pieces, max_size=40).map("".join))
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texts)
+def test_fuzz_parse_ranking(text):
+    r = parse_ranking(text, ["a", "b", "c"])
+    assert r.valid == (sorted(r.items) == ["a", "b", "c"] and not r.problems)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(texts, min_size=1, max_size=4))
+def test_fuzz_loop_never_crashes(replies):
+    traj = RecThinker(ScriptedModel(replies), FakeEnv(), config=AgentConfig(max_steps=4)).run(EPISODE)
+    assert traj.valid == (sorted(traj.ranking) == ["a", "b", "c"])
+    assert len(traj.steps) <= 4 and traj.n_tool_calls <= 6
