@@ -27,11 +27,11 @@ class ScriptedModel:
     def __init__(self, replies: list[str]) -> None:
         self.replies = list(replies)
         self.seen: list[list[dict]] = []
+        self.options: list[dict] = []
 
-    def generate(
-        self, messages, *, tools=None, json_schema=None, temperature=0.0, max_tokens=512, seed=None, stop=None
-    ):
+    def generate(self, messages, **options):
         self.seen.append(messages)
+        self.options.append(options)
         text = self.replies.pop(0) if self.replies else ""
         return ChatResult(
             message={"role": "assistant", "content": text},

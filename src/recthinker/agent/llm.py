@@ -83,6 +83,7 @@ class ChatModel(Protocol):
         max_tokens: int = 512,
         seed: int | None = None,
         stop: list[str] | None = None,
+        grammar: str | None = None,
     ) -> ChatResult:
         """Answer `messages` with one assistant message.
 
@@ -94,6 +95,7 @@ class ChatModel(Protocol):
             max_tokens: Cap on generated tokens.
             seed: Sampling seed, where the back end supports one.
             stop: Strings that end generation (not included in the reply).
+            grammar: A GBNF grammar the reply must follow (llama.cpp back ends and servers).
         """
         ...
 
@@ -111,6 +113,7 @@ def chat_payload(
     max_tokens: int,
     seed: int | None,
     stop: list[str] | None,
+    grammar: str | None = None,
 ) -> dict[str, Any]:
     """The `/chat/completions` request body for one `generate` call."""
     payload: dict[str, Any] = {
@@ -127,6 +130,8 @@ def chat_payload(
             "type": "json_schema",
             "json_schema": {"name": "response", "schema": json_schema},
         }
+    if grammar is not None:
+        payload["grammar"] = grammar  # llama.cpp's extension of the OpenAI request
     if seed is not None:
         payload["seed"] = seed
     if stop:

@@ -89,11 +89,12 @@ class HFChat:
         max_tokens: int = 512,
         seed: int | None = None,
         stop: list[str] | None = None,
+        grammar: str | None = None,
     ) -> ChatResult:
-        """One assistant turn (see `ChatModel.generate`). `json_schema` is not supported here."""
-        if json_schema is not None:
+        """One assistant turn (see `ChatModel.generate`). `json_schema` and `grammar` are not supported here."""
+        if json_schema is not None or grammar is not None:
             raise NotImplementedError(
-                "HFChat cannot constrain output to a JSON schema; use LlamaCpp or a vLLM server"
+                "HFChat cannot constrain output to a JSON schema or grammar; use LlamaCpp or a llama.cpp/vLLM server"
             )
         import torch
         from transformers import GenerationConfig

@@ -132,6 +132,7 @@ class LlamaCpp:
         max_tokens: int = 512,
         seed: int | None = None,
         stop: list[str] | None = None,
+        grammar: str | None = None,
     ) -> ChatResult:
         """One assistant turn (see `ChatModel.generate`).
 
@@ -147,6 +148,7 @@ class LlamaCpp:
             max_tokens=max_tokens,
             seed=seed,
             stop=stop,
+            grammar=grammar,
         )
         start = time.perf_counter()
         response = self.chat_completions(payload)

@@ -81,6 +81,7 @@ class OpenAICompatible:
         max_tokens: int = 512,
         seed: int | None = None,
         stop: list[str] | None = None,
+        grammar: str | None = None,
     ) -> ChatResult:
         """One assistant turn (see `ChatModel.generate`); raises `LLMServerError` when the server fails."""
         payload = chat_payload(
@@ -92,6 +93,7 @@ class OpenAICompatible:
             max_tokens=max_tokens,
             seed=seed,
             stop=stop,
+            grammar=grammar,
         )
         start = time.perf_counter()
         response = self.post("/chat/completions", payload)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from recthinker.agent.grammar import turn_grammar
 from recthinker.agent.llm import ChatModel
 from recthinker.agent.parse import parse_ranking, parse_turn
 from recthinker.agent.prompting import render_for_prompt_mode, task_prompt, template, tools_block
@@ -62,6 +63,7 @@ class AgentConfig:
     temperature: float = 0.0  # 0 = greedy
     max_tokens: int = 384  # per assistant turn
     seed: int = 0  # sampling seed passed to the back end
+    constrained: bool = False  # GBNF-constrained turns (llama.cpp back ends): well-formed tags and calls
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -146,7 +148,8 @@ class RecThinker:
                 traj.messages.append(
                     {"role": "user", "content": "This is your last turn: give the final <answer> now."}
                 )
-            step = self._turn(traj, index, tools)
+            last = index == cfg.max_steps - 1 or budget <= 0
+            step = self._turn(traj, index, tools, allow_tools=not last)
             traj.steps.append(step)
             if step.answer is not None and not step.problems:
                 break
@@ -174,16 +177,23 @@ class RecThinker:
             text += "\n" + tools_block(tools)
         return text
 
-    def _turn(self, traj: Trajectory, index: int, tools: list[dict[str, Any]]) -> Step:
+    def _turn(self, traj: Trajectory, index: int, tools: list[dict[str, Any]], *, allow_tools: bool) -> Step:
         cfg = self.config
         native = cfg.mode == "agent" and cfg.tool_mode == "native"
         messages = traj.messages if native else render_for_prompt_mode(traj.messages)
+        options: dict[str, Any] = {}
+        if cfg.constrained:
+            names = [t["function"]["name"] for t in tools]
+            options["grammar"] = turn_grammar(
+                names, len(traj.candidates), allow_tools=allow_tools and cfg.mode == "agent"
+            )
         result = self.model.generate(
             messages,
             tools=tools if native else None,
             temperature=cfg.temperature,
             max_tokens=cfg.max_tokens,
             seed=cfg.seed + index,
+            **options,
         )
         text = result.message.get("content") or ""
         turn = parse_turn(text, result.message.get("tool_calls") or ())

@@ -1,0 +1,51 @@
+"""GBNF grammars (llama.cpp) that keep a small model's agent turns well-formed.
+
+A constrained turn is `<analyze>..</analyze>`, `<plan>..</plan>`, then exactly one tool call naming a real
+tool with a JSON-object argument, or an `<answer>` listing `n` candidate labels. The grammar cannot force a
+permutation (that needs a grammar exponential in `n`); duplicates are caught by the parser and fed back.
+Tool arguments are any flat JSON object: the environment validates them and returns error observations.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+
+def _lit(text: str) -> str:
+    return json.dumps(text)
+
+
+def turn_grammar(
+    tool_names: Sequence[str], n_candidates: int, *, allow_tools: bool = True, text_chars: int = 240
+) -> str:
+    """The grammar of one agent turn.
+
+    >>> g = turn_grammar(["user_history"], 3)
+    >>> 'name ::= "\\\\"user_history\\\\""' in g, 'lab ::= "[" ("1" | "2" | "3") "]"' in g
+    (True, True)
+    """
+    if n_candidates < 1:
+        raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
+    action = "(call | answer)" if allow_tools and tool_names else "answer"
+    labels = " | ".join(_lit(str(k)) for k in range(1, n_candidates + 1))
+    rest = ' (" > " lab)' * (n_candidates - 1)
+    rules = [
+        f'root ::= "<analyze>" txt "</analyze>\\n<plan>" txt "</plan>\\n" {action}',
+        f"txt ::= [^<\\n]{{1,{text_chars}}}",
+        f'answer ::= "<answer>" lab{rest} "</answer>"',
+        f'lab ::= "[" ({labels}) "]"',
+    ]
+    if allow_tools and tool_names:
+        names = " | ".join(_lit(json.dumps(n)) for n in tool_names)
+        rules += [
+            'call ::= "<tool_call>{\\"name\\": " name ", \\"arguments\\": " obj "}</tool_call>"',
+            f"name ::= {names}",
+            'obj ::= "{" ( kv ( ", " kv ){0,3} )? "}"',
+            'kv ::= key ": " val',
+            'key ::= "\\"" [a-z_]{1,20} "\\""',
+            'val ::= str | num | "[" ( str ( ", " str ){0,9} )? "]"',
+            'str ::= "\\"" [^"\\\\\\n]{0,60} "\\""',
+            'num ::= "-"? [0-9]{1,5}',
+        ]
+    return "\n".join(rules) + "\n"
