@@ -1,0 +1,423 @@
+"""RecEnv and the tools: TRL-shaped discovery, schemas from docstrings, bounded outputs with ids, error
+observations, reset, no leakage of held-out interactions (tiny fixture + ML-1M), index cache, ANN vs
+brute force, and the tool commands."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recthinker.data.benchmark import Benchmark, ensure_benchmark
+from recthinker.data.log import InteractionLog
+from recthinker.errors import ConfigError
+from recthinker.tools import collab
+from recthinker.tools.commands import bench_tools, run_tool
+from recthinker.tools.env import MAX_CHARS, TOOL_NAMES, RecEnv, clip
+from recthinker.tools.resources import build_resources, load_resources
+from recthinker.types import Episode
+
+LEAK_SETS = ("dense/test", "sparse/test", "dense/valid", "sparse/valid")
+CALLS = {
+    "user_profile": {},
+    "user_history": {"k": 15},
+    "item_info": {"item_ids": ["[1]", "[2]"]},
+    "search_items": {"query": "harbor kingdom drama", "scope": "catalog"},
+    "similar_users": {"k": 10},
+    "item_relations": {},
+    "cf_scores": {"model": "als"},
+}
+
+
+@pytest.fixture(scope="module")
+def res(tiny_benchmark: Benchmark):
+    return load_resources(tiny_benchmark, "dense/test")
+
+
+@pytest.fixture
+def env(res, tiny_benchmark: Benchmark) -> RecEnv:
+    e = RecEnv(res)
+    e.reset_episode(tiny_benchmark.episodes("dense/test")[0])
+    return e
+
+
+# ---- shape: TRL discovery, schemas --------------------------------------------------------------------
+
+
+def test_trl_discovers_exactly_the_tools():
+    # GRPOTrainer lists tools as the public functions of the environment class, minus reset/get_reward
+    found = {
+        n
+        for n, _ in inspect.getmembers(RecEnv, predicate=inspect.isfunction)
+        if not n.startswith("_") and n not in ("reset", "get_reward")
+    }
+    assert found == set(TOOL_NAMES)
+
+
+def test_schemas_build_from_docstrings():
+    pytest.importorskip("transformers")
+    schemas = RecEnv.tool_schemas()
+    assert [s["function"]["name"] for s in schemas] == list(TOOL_NAMES)
+    for s in schemas:
+        fn = getattr(RecEnv, s["function"]["name"])
+        params = [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+        props = s["function"]["parameters"].get("properties", {})
+        assert s["function"]["description"]
+        assert [p.name for p in params] == list(props)
+        assert all(props[p.name]["description"] for p in params)
+        required = [p.name for p in params if p.default is inspect.Parameter.empty]
+        assert s["function"]["parameters"].get("required", []) == required
+    item_info = next(s for s in schemas if s["function"]["name"] == "item_info")
+    assert item_info["function"]["parameters"]["properties"]["item_ids"]["type"] == "array"
+
+
+def test_constructor_without_resources_needs_configure(res):
+    RecEnv.configure(None)
+    with pytest.raises(ConfigError, match="configure"):
+        RecEnv()
+    RecEnv.configure(res)
+    try:
+        assert RecEnv().resources is res
+    finally:
+        RecEnv.configure(None)
+
+
+# ---- outputs ------------------------------------------------------------------------------------------
+
+
+def test_every_tool_returns_bounded_text_with_ids(res, tiny_benchmark: Benchmark):
+    env = RecEnv(res)
+    for e in tiny_benchmark.episodes("dense/test") + tiny_benchmark.episodes("loo/test")[:10]:
+        env.reset_episode(e)
+        for name, args in CALLS.items():
+            obs = env.call(name, args)
+            assert obs.ok, (name, obs.text)
+            assert 0 < len(obs.text) <= MAX_CHARS
+            assert any(i in obs.text for i in res.catalog.pos), (name, obs.text)
+            if name in ("item_info", "similar_users", "item_relations", "cf_scores"):
+                assert e.candidates[0] in obs.text, (name, obs.text)
+        assert env.n_calls == len(CALLS) and env.n_errors == 0
+
+
+def test_tool_outputs_are_correct_on_the_fixture(env: RecEnv, res):
+    hist = env.call("user_history", {"k": 3}).text.splitlines()
+    newest = env.history[::-1][:3]
+    assert [line.split(" ")[0] for line in hist[1:4]] == list(newest)
+    page2 = env.call("user_history", {"k": 3, "page": 2}).text
+    assert env.history[-4] in page2 and newest[0] not in page2
+    profile = env.call("user_profile", {}).text
+    assert "gender" in profile and "History:" in profile and "Top categories" in profile
+    info = env.call("item_info", {"item_ids": ["[1]"]}).text
+    count = int((res.log.frame["item_id"] == env.candidates[0]).sum())
+    assert f"{count} interactions" in info and info.startswith(f"[1] {env.candidates[0]}")
+    title = res.catalog.title(env.candidates[0])
+    search = env.call("search_items", {"query": title, "k": 1}).text
+    assert f"[1] {env.candidates[0]}" in search
+    scores = env.call("cf_scores", {}).text.splitlines()[1:]
+    assert len(scores) == len(env.candidates) and scores[0].endswith("1.00")
+    assert env.call("search_items", {"query": "zzzz qqqq"}).text.startswith("No item")
+
+
+def test_candidate_labels_and_ids_name_the_same_item(env: RecEnv):
+    c3 = env.candidates[2]
+    texts = {
+        env.call("item_info", {"item_ids": [ref]}).text for ref in ("[3]", "3", f"[3] {c3}", c3, " [ 3 ] ")
+    }
+    assert len(texts) == 1 and c3 in texts.pop()
+    assert (
+        env.call("item_relations", {"item_id": "[3]"}).text
+        == env.call("item_relations", {"item_id": c3}).text
+    )
+
+
+def test_clip_bounds_any_text():
+    long = "\n".join(f"line {i} " + "x" * 50 for i in range(100))
+    out = clip(long)
+    assert len(out) <= MAX_CHARS and out.endswith("more lines cut: ask for fewer)")
+    assert len(clip("y" * 5000)) <= MAX_CHARS
+
+
+# ---- model mistakes -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "kind", "hint"),
+    [
+        ("recommend", {}, "unknown_tool", "Available tools: user_profile"),
+        ("user_history", {"n": 5}, "bad_arguments", "Usage: user_history(k: integer"),
+        ("item_info", {}, "bad_arguments", "missing argument(s) ['item_ids']"),
+        ("user_history", {"k": "5"}, "bad_arguments", "'k' must be an integer"),
+        ("user_history", {"k": True}, "bad_arguments", "'k' must be an integer"),
+        ("item_info", {"item_ids": "m01"}, "bad_arguments", "must be a list of strings"),
+        ("item_info", {"item_ids": ["[42]"]}, "unknown_item", "label [1]-[10]"),
+        ("item_info", {"item_ids": ["no such movie"]}, "unknown_item", "Unknown item 'no such movie'"),
+        ("item_info", {"item_ids": []}, "bad_arguments", "at least one id"),
+        ("item_info", {"item_ids": ["[1]"] * 11}, "bad_arguments", "at most 10"),
+        ("search_items", {"query": "x", "scope": "web"}, "bad_arguments", "scope must be one of"),
+        ("search_items", {"query": "  "}, "bad_arguments", "at least one word"),
+        ("similar_users", {"k": 0}, "bad_arguments", "k must be at least 1"),
+        ("cf_scores", {"model": "gpt"}, "bad_arguments", "model must be one of ['als', 'sasrec']"),
+        ("user_history", "not json", "bad_arguments", "must be a JSON object"),
+        ("item_relations", {"item_id": "[0]"}, "unknown_item", "Unknown item '[0]'"),
+    ],
+)
+def test_model_mistakes_become_error_observations(env: RecEnv, name, args, kind, hint):
+    obs = env.call(name, args)
+    assert not obs.ok and obs.error == kind
+    assert hint in obs.text
+    assert (env.n_calls, env.n_errors, env.errors_by_kind[kind]) == (1, 1, 1)
+
+
+def test_arguments_as_json_text_and_integral_floats_are_accepted(env: RecEnv):
+    assert env.call("user_history", json.dumps({"k": 2})).text == env.call("user_history", {"k": 2.0}).text
+    capped = env.call("similar_users", {"k": 500})
+    assert capped.ok and capped.text.endswith("(k capped at 20)")
+
+
+def test_direct_tool_calls_never_raise_on_model_mistakes(env: RecEnv):
+    # TRL calls the bound methods directly: bad values must come back as text, not exceptions
+    assert env.item_info(item_ids=["nope"]).startswith("Unknown item")
+    assert "must be an integer" in env.user_history(k="ten")  # type: ignore[arg-type]
+    assert env.n_errors == 2
+
+
+def test_reset_clears_all_state(env: RecEnv, tiny_benchmark: Benchmark):
+    env.call("user_profile", {})
+    env.call("nope", {})
+    before = (env.candidates, env.history, env.call("item_info", {"item_ids": ["[1]"]}).text)
+    other = next(e for e in tiny_benchmark.episodes("sparse/test") if e.candidates[0] != env.candidates[0])
+    env.reset_episode(other)
+    assert (env.n_calls, env.n_errors, sum(env.calls_by_tool.values()), sum(env.errors_by_kind.values())) == (
+        0,
+        0,
+        0,
+        0,
+    )
+    assert env.episode_id == other.episode_id and env.candidates == other.candidates
+    assert env.history != before[1]
+    assert other.candidates[0] in env.call("item_info", {"item_ids": ["[1]"]}).text != before[2]
+
+
+def test_reset_takes_trl_rows_and_drops_the_target(res, tiny_benchmark: Benchmark):
+    e = tiny_benchmark.episodes("dense/test")[0]
+    env = RecEnv(res)
+    assert env.reset(**e.to_dict(), prompt=[{"role": "user", "content": "rank"}]) is None
+    assert e.target not in vars(env).values() and "target" not in vars(env)
+
+
+# ---- no leakage ---------------------------------------------------------------------------------------
+
+
+def heldout_pairs(bench: Benchmark) -> set[tuple[str, str]]:
+    """(user, item) of every validation and test target of every episode set."""
+    return {(e.user_id, e.target) for name in bench.manifest["episodes"] for e in bench.episodes(name)}
+
+
+def user_side_outputs(env: RecEnv, title: str) -> list[str]:
+    """Every user-side output for the episode, all history pages, and searches aimed at the target."""
+    out = [env.call("user_profile", {}).text]
+    for page in range(1, len(env.history) // 15 + 2):
+        out.append(env.call("user_history", {"k": 15, "page": page}).text)
+    out.append(env.call("user_history", {"keyword": title}).text)
+    out.append(env.call("search_items", {"query": title, "scope": "history"}).text)
+    return out
+
+
+def users_by_item(log: InteractionLog) -> dict[str, set[str]]:
+    return {i: set(u) for i, u in log.frame.groupby("item_id", sort=False)["user_id"]}
+
+
+def assert_no_leak(env: RecEnv, e: Episode, user_targets: set[str], users_of: dict[str, set[str]]) -> None:
+    """No tool output for episode `e` reveals that the user interacted with a held-out item.
+
+    `user_targets`: the user's held-out items (validation and test); `users_of`: item -> users in the
+    background the tools were built from.
+    """
+    res = env.resources
+    title = res.catalog.title(e.target)
+    assert not user_targets & set(env.history), e.episode_id
+    for text in user_side_outputs(env, title):
+        for t in user_targets:
+            assert t not in text, (e.episode_id, text)
+            t_title = res.catalog.title(t)
+            if t_title not in t:  # ids that are not titles: titles are printed quoted
+                assert f'"{t_title}"' not in text, (e.episode_id, text)
+    # item-side tools may name the target (it is a candidate) but never as part of the user's history,
+    # and its popularity is the background count
+    info = env.call("item_info", {"item_ids": [e.target]}).text
+    assert "in the user's history" not in info
+    assert f" {len(users_of.get(e.target, ()))} interactions" in info
+    found = env.call("search_items", {"query": title, "scope": "catalog", "k": 10}).text.splitlines()
+    assert not [line for line in found for t in user_targets if t in line and "in the user's history" in line]
+    # similar users: never the user; their candidate counts are recounts over the background
+    nbrs = collab.similar_users(res.index, e.user_id, env.history, 10)
+    names = {str(res.index.users.ids[r]) for r, _, _ in nbrs}
+    assert e.user_id not in names
+    counts = collab.neighbour_counts(res.index, [r for r, _, _ in nbrs], e.candidates)
+    assert counts.tolist() == [len(users_of.get(c, set()) & names) for c in e.candidates]
+
+
+def check_sets(bench: Benchmark, sets: tuple[str, ...]) -> int:
+    """Run the leak checks on every episode of `sets`; returns how many episodes were checked."""
+    heldout = heldout_pairs(bench)
+    checked = 0
+    for name in sets:
+        res = load_resources(bench, name)
+        pairs = set(zip(res.log.frame["user_id"], res.log.frame["item_id"], strict=True))
+        assert not heldout & pairs, f"{name}: the background holds held-out interactions"
+        users_of = users_by_item(res.log)
+        env = RecEnv(res)
+        als = res.scorer("als")
+        for e in bench.episodes(name):
+            env.reset_episode(e)
+            assert_no_leak(env, e, {i for u, i in heldout if u == e.user_id}, users_of)
+            # collaborative models are fitted on this background: the fitted ALS matrix has no (user, target)
+            u, i = als.users_.get(e.user_id), als.items_.get(e.target)
+            assert u < 0 or i < 0 or als.matrix_[u, i] == 0
+            checked += 1
+    return checked
+
+
+def test_no_leakage_on_the_fixture(tiny_benchmark: Benchmark):
+    assert check_sets(tiny_benchmark, (*LEAK_SETS, "loo/test")) == 4 * 5 + 30
+
+
+def test_leak_check_catches_a_leaky_background(tiny_benchmark: Benchmark, tiny_dataset, tmp_path: Path):
+    # the same checks over the full log (held-out rows included) must fail: the test can fail
+    leaky = build_resources(tiny_dataset.log, tiny_benchmark.items, tiny_benchmark.users, tmp_path)
+    env = RecEnv(leaky)
+    e = tiny_benchmark.episodes("dense/test")[0]
+    env.reset_episode(e)
+    with pytest.raises(AssertionError):
+        assert_no_leak(env, e, {e.target}, users_by_item(tiny_dataset.log))
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_no_leakage_on_ml1m():
+    bench = ensure_benchmark("ml-1m")
+    assert check_sets(bench, LEAK_SETS) == 400
+
+
+# ---- indices ------------------------------------------------------------------------------------------
+
+
+def test_index_cache_round_trip(tiny_benchmark: Benchmark, tmp_path: Path):
+    log = tiny_benchmark.background("dense/test")
+    a = build_resources(log, tiny_benchmark.items, tiny_benchmark.users, tmp_path)
+    folders = list(tmp_path.glob("index-*"))
+    assert len(folders) == 1 and (folders[0] / "meta.json").is_file()
+    b = build_resources(log, tiny_benchmark.items, tiny_benchmark.users, tmp_path)  # loads the cache
+    assert a.index.fingerprint == b.index.fingerprint
+    for name in (
+        "item_count",
+        "item_mean_rating",
+        "user_count",
+        "nbr_idx",
+        "nbr_sim",
+        "user_emb",
+        "item_proj",
+    ):
+        np.testing.assert_array_equal(getattr(a.index, name), getattr(b.index, name))
+    assert (a.index.matrix != b.index.matrix).nnz == 0
+    assert list(a.index.users.ids) == list(b.index.users.ids)
+    q = a.index.user_emb[:3]
+    np.testing.assert_array_equal(a.index.ann.knn_query(q, k=5)[0], b.index.ann.knn_query(q, k=5)[0])
+    np.testing.assert_allclose(a.index.bm25.get_scores(["silent"]), b.index.bm25.get_scores(["silent"]))
+    smaller = InteractionLog(log.frame.iloc[:-1])
+    build_resources(smaller, tiny_benchmark.items, tiny_benchmark.users, tmp_path)
+    assert len(list(tmp_path.glob("index-*"))) == 2  # another background, another index
+
+
+def test_similar_users_via_ann_agrees_with_brute_force(res):
+    index = res.index
+    for user in index.users.ids:
+        ann = collab.similar_users(index, user, [], 5)
+        exact = collab.exact_similar_users(index, user, [], 5)
+        assert [r for r, _, _ in ann] == [r for r, _, _ in exact]
+        np.testing.assert_allclose([c for _, c, _ in ann], [c for _, c, _ in exact])
+    # the ANN index alone returns the exact nearest embeddings
+    emb = index.user_emb
+    labels, _ = index.ann.knn_query(emb, k=5)
+    brute = np.argsort(-(emb @ emb.T), axis=1, kind="stable")[:, :5]
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(labels, brute, strict=True)]) >= 0.95
+
+
+def test_cold_user_is_folded_in_from_the_episode_history(res, tiny_benchmark: Benchmark):
+    e = tiny_benchmark.episodes("dense/test")[0]
+    env = RecEnv(res)
+    env.reset(
+        episode_id="cold", user_id="someone-new", candidates=list(e.candidates), history=list(e.history)
+    )
+    assert env.history == e.history
+    assert "cold-start" not in env.call("user_profile", {}).text
+    assert "most similar users" in env.call("similar_users", {}).text
+    assert env.call("cf_scores", {}).ok
+
+
+def test_item_neighbours_match_dense_cosine(res):
+    x = res.index.matrix.toarray()
+    norms = np.linalg.norm(x, axis=0)
+    cos = (x.T @ x) / np.outer(norms, norms)
+    np.fill_diagonal(cos, 0)
+    for i in range(0, x.shape[1], 7):
+        top = res.index.nbr_idx[i][0]
+        assert np.isclose(res.index.nbr_sim[i][0], cos[i].max(), atol=1e-5) and np.isclose(
+            cos[i, top], cos[i].max()
+        )
+
+
+def test_signals_are_per_candidate_and_match_the_tools(env: RecEnv, res):
+    sig = env.signals(models=("als",))
+    assert set(sig) == {"popularity", "item_relations", "similar_users", "genre_match", "cf_als"}
+    assert all(len(v) == len(env.candidates) and np.isfinite(v).all() for v in sig.values())
+    pop = [int((res.log.frame["item_id"] == c).sum()) for c in env.candidates]
+    assert sig["popularity"].tolist() == pop
+    best = env.candidates[int(np.argmax(sig["cf_als"]))]
+    first = env.call("cf_scores", {}).text.splitlines()[1]
+    assert first.startswith("1. ") and best in first and first.endswith(" 1.00")
+
+
+@pytest.mark.slow
+def test_sasrec_scores_on_the_fixture(env: RecEnv):
+    obs = env.call("cf_scores", {"model": "sasrec"})
+    assert obs.ok and len(obs.text.splitlines()) == 1 + len(env.candidates)
+
+
+# ---- commands -----------------------------------------------------------------------------------------
+
+
+def test_run_tool_uses_the_users_test_episode(tiny_benchmark: Benchmark):
+    e = tiny_benchmark.episodes("dense/test")[0]
+    text = run_tool(str(tiny_benchmark.root), e.user_id, "item_info", {"item_ids": ["[1]"]})
+    assert text.startswith(f"[1] {e.candidates[0]}")
+    given = run_tool(
+        str(tiny_benchmark.root), e.user_id, "item_info", {"item_ids": ["[1]"]}, candidates=["m00"]
+    )
+    assert given.startswith("[1] m00")
+    assert "Unknown tool" in run_tool(str(tiny_benchmark.root), e.user_id, "nope", {})
+
+
+@pytest.mark.slow
+def test_bench_tools_writes_the_documented_json(tiny_benchmark: Benchmark, tmp_path: Path):
+    result = bench_tools(str(tiny_benchmark.root), tmp_path)
+    on_disk = json.loads((tmp_path / "tools.json").read_text())
+    assert on_disk == result and set(result) == {"latency_ms", "signal_ndcg@10"}
+    assert set(result["latency_ms"]) == set(TOOL_NAMES)
+    assert all(set(v) == {"p50", "p99"} and 0 < v["p50"] <= v["p99"] for v in result["latency_ms"].values())
+    assert set(result["signal_ndcg@10"]) == {"dense", "sparse"}
+    assert all(0 <= x <= 1 for s in result["signal_ndcg@10"].values() for x in s.values())
+    assert "| tool | p50 | p99 |" in (tmp_path / "tools.md").read_text()
+
+
+@pytest.mark.realdata
+def test_ml1m_resources_load_in_under_2s():
+    bench = ensure_benchmark("ml-1m")
+    load_resources(bench, "dense/test")  # builds the index on the first run
+    start = time.perf_counter()
+    load_resources(bench, "dense/test")
+    assert time.perf_counter() - start < 2.0
