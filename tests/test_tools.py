@@ -141,6 +141,21 @@ def test_clip_bounds_any_text():
     assert len(clip("y" * 5000)) <= MAX_CHARS
 
 
+def test_one_env_per_thread_over_shared_resources(res, tiny_benchmark: Benchmark):
+    from concurrent.futures import ThreadPoolExecutor
+
+    episodes = tiny_benchmark.episodes("loo/test")
+
+    def run(e: Episode) -> list[str]:
+        env = RecEnv(res)
+        env.reset_episode(e)
+        return [env.call(name, args).text for name, args in CALLS.items()]
+
+    sequential = [run(e) for e in episodes]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(run, episodes)) == sequential
+
+
 # ---- model mistakes -----------------------------------------------------------------------------------
 
 
@@ -412,6 +427,21 @@ def test_bench_tools_writes_the_documented_json(tiny_benchmark: Benchmark, tmp_p
     assert set(result["signal_ndcg@10"]) == {"dense", "sparse"}
     assert all(0 <= x <= 1 for s in result["signal_ndcg@10"].values() for x in s.values())
     assert "| tool | p50 | p99 |" in (tmp_path / "tools.md").read_text()
+
+
+@pytest.mark.realdata
+def test_ml1m_similar_users_ann_recall():
+    index = load_resources(ensure_benchmark("ml-1m"), "dense/test").index
+    users = np.random.default_rng(0).choice(index.users.ids, 100, replace=False)
+    recall = [
+        len(
+            {r for r, _, _ in collab.similar_users(index, u, [], 10)}
+            & {r for r, _, _ in collab.exact_similar_users(index, u, [], 10)}
+        )
+        / 10
+        for u in users
+    ]
+    assert np.mean(recall) >= 0.95
 
 
 @pytest.mark.realdata

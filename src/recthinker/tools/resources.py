@@ -31,6 +31,7 @@ import scipy.sparse as sp
 from recthinker.data.benchmark import Benchmark
 from recthinker.data.log import InteractionLog, Vocab
 from recthinker.errors import DataError
+from recthinker.tools import collab, item
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +197,6 @@ def binary_matrix(
 
 def build_index(log_: InteractionLog, catalog: Catalog, fingerprint: str, seed: int = 0) -> Index:
     """Compute every array of the `Index` from the background log and the catalog (seconds on ML-1M)."""
-    from recthinker.tools import collab, item
-
     frame = log_.frame
     ucodes, user_ids = pd.factorize(frame["user_id"], sort=False)
     icodes, item_ids = pd.factorize(frame["item_id"], sort=False)
@@ -285,7 +284,7 @@ def read_index(folder: Path) -> Index:
     ann = hnswlib.Index(space="cosine", dim=emb.shape[1])
     ann.load_index(str(folder / "users.hnsw"), max_elements=len(emb))
     ann.set_num_threads(1)
-    ann.set_ef(128)
+    ann.set_ef(collab.ANN_POOL)
     return Index(
         fingerprint=meta["fingerprint"],
         users=users,
