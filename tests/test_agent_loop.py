@@ -245,3 +245,18 @@ def test_fuzz_loop_never_crashes(replies):
     traj = RecThinker(ScriptedModel(replies), FakeEnv(), config=AgentConfig(max_steps=4)).run(EPISODE)
     assert traj.valid == (sorted(traj.ranking) == ["a", "b", "c"])
     assert len(traj.steps) <= 4 and traj.n_tool_calls <= 6
+
+
+def test_context_overflow_ends_episode_invalid():
+    from recthinker.agent.llm import ContextOverflowError, is_context_overflow
+
+    class Overflowing(ScriptedModel):
+        def generate(self, messages, **options):
+            if len(self.seen) == 1:
+                raise ContextOverflowError("request (4156 tokens) exceeds the available context size")
+            return super().generate(messages, **options)
+
+    traj = RecThinker(Overflowing([call("user_history", k=1)]), FakeEnv()).run(EPISODE)
+    assert not traj.valid and traj.note == "context window exceeded before an answer" and len(traj.steps) == 1
+    assert is_context_overflow("This model's maximum context length is 8192 tokens")
+    assert not is_context_overflow("HTTP 400: bad request")

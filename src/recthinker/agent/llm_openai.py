@@ -20,7 +20,14 @@ from typing import Any
 
 import httpx
 
-from recthinker.agent.llm import ChatResult, LLMServerError, chat_payload, chat_result
+from recthinker.agent.llm import (
+    ChatResult,
+    ContextOverflowError,
+    LLMServerError,
+    chat_payload,
+    chat_result,
+    is_context_overflow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +146,10 @@ class OpenAICompatible:
                         return response.json()
                     except ValueError as e:
                         raise LLMServerError(f"{url}: response is not JSON: {response.text[:300]}") from e
+                if response.status_code == 400 and is_context_overflow(response.text):
+                    raise ContextOverflowError(
+                        f"{url}: prompt too long for the context: {response.text[:300]}"
+                    )
                 if response.status_code not in RETRY_STATUS or last:
                     raise LLMServerError(
                         f"{url}: HTTP {response.status_code} after {attempt + 1} attempts: {response.text[:500]}"

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from recthinker.agent.grammar import turn_grammar
-from recthinker.agent.llm import ChatModel
+from recthinker.agent.llm import ChatModel, ContextOverflowError
 from recthinker.agent.parse import parse_ranking, parse_turn
 from recthinker.agent.prompting import render_for_prompt_mode, task_prompt, template, tools_block
 from recthinker.agent.trajectory import Step, ToolCallRecord, Trajectory
@@ -149,7 +149,11 @@ class RecThinker:
                     {"role": "user", "content": "This is your last turn: give the final <answer> now."}
                 )
             last = index == cfg.max_steps - 1 or budget <= 0
-            step = self._turn(traj, index, tools, allow_tools=not last)
+            try:
+                step = self._turn(traj, index, tools, allow_tools=not last)
+            except ContextOverflowError:  # the conversation outgrew the model: no answer, scores 0
+                traj.note = "context window exceeded before an answer"
+                break
             traj.steps.append(step)
             if step.answer is not None and not step.problems:
                 break

@@ -1,0 +1,109 @@
+"""LLM rankers for the evaluation harness: the agent and the two passive LLM baselines, on one back end.
+
+    ranker = make_llm_ranker("agent", bench, "dense/test", model=None)   # bundled model
+    ranker.rank(episode)
+
+`agent` investigates with the tools; `zero-shot` ranks from history + candidates (LLMRank-style);
+`fixed-workflow` calls every tool once in a fixed order and then ranks. Each thread gets its own agent
+and `RecEnv` over the shared read-only `Resources`, so `evaluate --workers N` can drive a server
+concurrently. Next to NDCG each episode records `tau_vs_signal`: Kendall's tau between the model's
+ranking and the candidates' order under the strongest single tool signal (ALS scores), so a model that
+ignores its evidence cannot hide behind a valid format.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from recthinker.agent.llm import ChatModel, load_chat_model
+from recthinker.agent.loop import AgentConfig, RecThinker
+from recthinker.errors import ConfigError
+from recthinker.eval.metrics import kendall_tau
+from recthinker.types import Episode, Ranking
+
+SIGNAL = "cf_als"  # the strongest single tool signal on ML-1M (see benchmarks/bench_tools.py)
+
+
+def fixed_workflow_calls(episode: Episode, items) -> list[tuple[str, dict[str, Any]]]:
+    """Every tool once, in a fixed order, with arguments chosen without a model."""
+    cats = Counter(c for i in episode.history if i in items.index for c in items.loc[i, "categories"])
+    query = " ".join(c for c, _ in cats.most_common(3)) or "popular"
+    return [
+        ("user_profile", {}),
+        ("user_history", {"k": 10}),
+        ("item_info", {"item_ids": [f"[{k}]" for k in range(1, len(episode.candidates) + 1)]}),
+        ("search_items", {"query": query, "scope": "candidates", "k": 5}),
+        ("similar_users", {"k": 10}),
+        ("item_relations", {}),
+        ("cf_scores", {"model": "als"}),
+    ]
+
+
+def default_config(kind: str, model: ChatModel) -> AgentConfig:
+    """Grammar-constrained turns for in-process llama.cpp (small models need them), free text elsewhere."""
+    from recthinker.agent.llm import LlamaCpp
+
+    return AgentConfig(mode="agent" if kind == "agent" else kind, constrained=isinstance(model, LlamaCpp))
+
+
+class AgentRanker:
+    """`Ranker` around `RecThinker`: one agent + environment per thread, shared model and resources."""
+
+    def __init__(
+        self, kind: str, model: ChatModel, resources, items, config: AgentConfig | None = None
+    ) -> None:
+        from recthinker.tools.env import RecEnv
+
+        self.name = kind
+        self.kind = kind
+        self.model = model
+        self.resources = resources
+        self.items = items
+        self.config = config or default_config(kind, model)
+        self._env_cls = RecEnv
+        self._local = threading.local()
+
+    def _agent(self) -> tuple[RecThinker, Any]:
+        if not hasattr(self._local, "agent"):
+            env = self._env_cls(self.resources)
+            tools_env = None if self.kind == "zero-shot" else env
+            self._local.env = env
+            self._local.agent = RecThinker(
+                self.model,
+                tools_env,
+                items=self.items,
+                config=self.config,
+                name=self.name,
+                fixed_workflow=[("user_profile", {})] if self.kind == "fixed-workflow" else (),
+            )
+        return self._local.agent, self._local.env
+
+    def rank(self, episode: Episode) -> Ranking:
+        agent, env = self._agent()
+        if self.kind == "fixed-workflow":
+            agent.fixed_workflow = fixed_workflow_calls(episode, self.items)
+        traj = agent.run(episode)
+        info: dict[str, Any] = {**traj.summary(), "trajectory": traj.to_dict()}
+        if traj.valid:
+            env.reset_episode(episode)
+            signal = env.signals((SIGNAL.removeprefix("cf_"),))[SIGNAL]
+            order = [episode.candidates[i] for i in np.argsort(-signal, kind="stable")]
+            info["tau_vs_signal"] = kendall_tau(traj.ranking, order)
+        return Ranking(items=tuple(traj.ranking), valid=traj.valid, note=traj.note, info=info)
+
+
+def make_llm_ranker(
+    kind: str, bench, episode_set: str, *, model: str | None = None, seed: int = 42
+) -> AgentRanker:
+    """An LLM ranker of `kind` (agent | zero-shot | fixed-workflow) for episodes of `episode_set`."""
+    from recthinker.tools.resources import load_resources
+
+    if kind not in ("agent", "zero-shot", "fixed-workflow"):
+        raise ConfigError(f"unknown LLM ranker {kind!r}")
+    resources = load_resources(bench, episode_set, seed=seed)
+    chat = load_chat_model(model)
+    return AgentRanker(kind, chat, resources, bench.items)
