@@ -24,7 +24,9 @@ LLM_RANKERS = ("agent", "zero-shot", "fixed-workflow")
 
 def _configure_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -56,7 +58,9 @@ def _resolve_episodes(args: argparse.Namespace):
     if args.episodes:
         manifest = find_manifest(args.episodes)
         if manifest is None:
-            raise RecThinkerError(f"{args.episodes}: no manifest.json next to it (episodes come from `recthinker prepare`)")
+            raise RecThinkerError(
+                f"{args.episodes}: no manifest.json next to it (episodes come from `recthinker prepare`)"
+            )
         bench = Benchmark.open(manifest.parent)
         name = bench.name_of(args.episodes)
         episodes = read_episodes(args.episodes)
@@ -90,7 +94,9 @@ def build_ranker(kind: str, bench, name: str, args: argparse.Namespace):
         from recthinker.baselines.base import ScorerRanker, fit_or_load
 
         background = bench.background(name)
-        scorer = fit_or_load(make_scorer(kind), background, bench.root / "models", np.random.default_rng(args.seed))
+        scorer = fit_or_load(
+            make_scorer(kind), background, bench.root / "models", np.random.default_rng(args.seed)
+        )
         return ScorerRanker(scorer, name=kind)
     if kind in LLM_RANKERS:
         from recthinker.agent.rankers import make_llm_ranker
@@ -108,6 +114,24 @@ def cmd_tool(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "baselines":
+        from recthinker.data.benchmark import ensure_benchmark
+        from recthinker.eval.suite import CLASSIC, DEFAULT_SETS, results_markdown, run_suite
+
+        bench = ensure_benchmark(args.dataset)
+        rankers = args.ranker or list(CLASSIC)
+        results = run_suite(
+            bench,
+            args.set or list(DEFAULT_SETS),
+            rankers,
+            Path(args.out),
+            lambda r, s: build_ranker(r, bench, s, args),
+            workers=args.workers,
+            limit=args.limit,
+        )
+        print(results_markdown(results))
+        print(f"wrote {args.out}/results.json and results.md")
+        return 0
     if args.what == "tools":
         from recthinker.tools.commands import bench_tools
 
@@ -130,8 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--window", type=int, default=8, help="interactions per subset user (history+valid+test)")
     s.add_argument("--n-negatives", type=int, default=9, help="negatives per subset episode")
     s.add_argument("--loo-sizes", type=int, nargs="+", default=[10, 20, 100], help="leave-one-out list sizes")
-    s.add_argument("--background", choices=["full", "subset"], default="full",
-                   help="full: all but held-out rows; subset: only the subset users' window histories")
+    s.add_argument(
+        "--background",
+        choices=["full", "subset"],
+        default="full",
+        help="full: all but held-out rows; subset: only the subset users' window histories",
+    )
     s.add_argument("--history-cap", type=int, default=50, help="history items stored per episode")
     s.add_argument("--no-subsets", action="store_true", help="skip the dense/sparse subsets")
     s.add_argument("--no-loo", action="store_true", help="skip the full leave-one-out episodes")
@@ -141,28 +169,52 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--episodes", help="an episodes JSONL written by `prepare`")
     g.add_argument("--dataset", help="bundled dataset name (prepared into the cache on first use)")
-    s.add_argument("--set", default="dense/test", help="episode set with --dataset (dense/test, sparse/test, loo/test, ...)")
-    s.add_argument("--ranker", action="append", required=True, help=f"one of {', '.join(CLASSIC_RANKERS + LLM_RANKERS)}")
-    s.add_argument("--out", required=True, help="output folder (per-ranker JSONL, summary.{json,md,csv}, chart.png)")
+    s.add_argument(
+        "--set",
+        default="dense/test",
+        help="episode set with --dataset (dense/test, sparse/test, loo/test, ...)",
+    )
+    s.add_argument(
+        "--ranker", action="append", required=True, help=f"one of {', '.join(CLASSIC_RANKERS + LLM_RANKERS)}"
+    )
+    s.add_argument(
+        "--out", required=True, help="output folder (per-ranker JSONL, summary.{json,md,csv}, chart.png)"
+    )
     s.add_argument("--model", default=None, help="LLM rankers: GGUF file, HF folder/adapter, or server URL")
     s.add_argument("--workers", type=int, default=1, help="episodes ranked concurrently (LLM servers)")
     s.add_argument("--limit", type=int, default=0, help="only the first N episodes (0 = all)")
     s.add_argument("--seed", type=int, default=42)
-    s.add_argument("--no-resume", action="store_true", help="ignore (and overwrite) finished episodes in --out")
+    s.add_argument(
+        "--no-resume", action="store_true", help="ignore (and overwrite) finished episodes in --out"
+    )
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("tool", help="call one agent tool for a user and print its observation")
     s.add_argument("name", help="tool name (user_profile, user_history, item_info, search_items, ...)")
     s.add_argument("--dataset", default="ml-1m")
     s.add_argument("--user", required=True)
-    s.add_argument("--args", default="", help='tool arguments as JSON, e.g. \'{"k": 5}\'')
-    s.add_argument("--candidates", nargs="*", default=None, help="candidate item ids (default: the user's test episode)")
+    s.add_argument("--args", default="", help="tool arguments as JSON, e.g. '{\"k\": 5}'")
+    s.add_argument(
+        "--candidates", nargs="*", default=None, help="candidate item ids (default: the user's test episode)"
+    )
     s.set_defaults(func=cmd_tool)
 
-    s = sub.add_parser("bench", help="benchmarks: tools (latency, signal strength)")
-    s.add_argument("what", choices=["tools"])
+    s = sub.add_parser(
+        "bench", help="benchmarks: baselines (all rankers x episode sets), tools (latency, signal)"
+    )
+    s.add_argument("what", choices=["baselines", "tools"])
     s.add_argument("--dataset", default="ml-1m")
     s.add_argument("--out", required=True)
+    s.add_argument(
+        "--set",
+        action="append",
+        help="baselines: episode sets (default dense/test sparse/test loo/test loo-20/test)",
+    )
+    s.add_argument("--ranker", action="append", help="baselines: rankers (default: all classic ones)")
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--limit", type=int, default=0, help="baselines: first N episodes per set (0 = all)")
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--model", default=None, help="baselines: model for LLM rankers")
     s.set_defaults(func=cmd_bench)
     return p
 

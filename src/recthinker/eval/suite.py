@@ -1,0 +1,86 @@
+"""Run several rankers over several episode sets of one benchmark and write one comparison table.
+
+    recthinker bench baselines --dataset ml-1m --out outputs/baselines
+
+Each set gets its own harness folder (`<out>/<set>/`, resumable); the combined results go to
+`<out>/results.json` (`{set: {ranker: summary}}`) and `<out>/results.md` (one table per set, plus a compact
+NDCG@10 matrix), together with the environment they were measured in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from recthinker.eval.harness import evaluate
+from recthinker.eval.report import atomic_write_bytes, markdown_table
+from recthinker.types import Ranker
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SETS = ("dense/test", "sparse/test", "loo/test", "loo-20/test")
+CLASSIC = ("random", "pop", "itemknn", "ease", "als", "bpr", "sasrec")
+
+
+def run_suite(
+    bench,
+    sets: Sequence[str],
+    rankers: Sequence[str],
+    out: Path,
+    make_ranker: Callable[[str, str], Ranker],
+    *,
+    workers: int = 1,
+    limit: int = 0,
+) -> dict[str, dict[str, dict]]:
+    """Evaluate every ranker on every set; returns `{set: {ranker: summary}}` and writes results.{json,md}."""
+    out = Path(out)
+    results: dict[str, dict[str, dict]] = {}
+    fit_s: dict[str, float] = {}
+    for name in sets:
+        episodes = bench.episodes(name)
+        if limit:
+            episodes = episodes[:limit]
+        built = []
+        for r in rankers:
+            t0 = time.perf_counter()
+            built.append(make_ranker(r, name))
+            fit_s[r] = max(fit_s.get(r, 0.0), time.perf_counter() - t0)
+        log.info("%s: %d episodes x %d rankers", name, len(episodes), len(built))
+        summary = evaluate(built, episodes, out / name.replace("/", "-"), workers=workers)
+        results[name] = {r.name: summary[r.name] for r in built}
+    meta = {
+        "dataset": bench.manifest.get("dataset"),
+        "benchmark": str(bench.root),
+        "seed": bench.manifest.get("config", {}).get("seed"),
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "setup_s (fit or load)": {k: round(v, 2) for k, v in fit_s.items()},
+    }
+    atomic_write_bytes(
+        out / "results.json", json.dumps({"meta": meta, "results": results}, indent=2).encode()
+    )
+    atomic_write_bytes(out / "results.md", results_markdown(results).encode())
+    return results
+
+
+def results_markdown(results: dict[str, dict[str, dict]]) -> str:
+    """A compact NDCG@10 / HR@10 matrix (rankers x sets) followed by one full table per set."""
+    sets = list(results)
+    rankers = list(dict.fromkeys(r for s in sets for r in results[s]))
+    head = "| ranker | " + " | ".join(f"{s} NDCG@10 | {s} HR@10" for s in sets) + " |"
+    lines = [head, "|" + "---|" * (1 + 2 * len(sets))]
+    for r in rankers:
+        cells = []
+        for s in sets:
+            st = results[s].get(r)
+            cells += ["–", "–"] if st is None else [f"{st['ndcg@10']:.3f}", f"{st['hr@10']:.3f}"]
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    parts = ["\n".join(lines) + "\n"]
+    for s in sets:
+        parts.append(f"\n### {s}\n\n" + markdown_table(results[s]))
+    return "".join(parts)
