@@ -225,7 +225,7 @@ def run_sft(
         lora_target_modules=lora_target_modules,
         **sft_overrides,
     )
-    _write_config(
+    write_run_config(
         out_dir,
         trainer.args,
         trainer.model.peft_config["default"],
@@ -242,7 +242,8 @@ def run_sft(
     return adapter_dir
 
 
-def _write_config(out_dir: Path, args: Any, lora: Any, **extra: Any) -> None:
+def write_run_config(out_dir: Path, args: Any, lora: Any, **extra: Any) -> None:
+    """Write `config.json`: the resolved trainer settings, the LoRA settings and `extra` fields."""
     lora_dict = {
         k: _plain(v) if not isinstance(v, list | set) else sorted(v) for k, v in lora.to_dict().items()
     }
