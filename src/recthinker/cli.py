@@ -105,6 +105,34 @@ def build_ranker(kind: str, bench, name: str, args: argparse.Namespace):
     raise RecThinkerError(f"unknown ranker {kind!r}: use one of {CLASSIC_RANKERS + LLM_RANKERS}")
 
 
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from recthinker.agent.llm import load_chat_model
+    from recthinker.agent.loop import RecThinker
+    from recthinker.agent.rankers import default_config
+    from recthinker.agent.recommend import make_episode, run_recommend
+    from recthinker.data.benchmark import ensure_benchmark
+    from recthinker.tools.env import RecEnv
+    from recthinker.tools.resources import load_resources
+
+    bench = ensure_benchmark(args.dataset)
+    resources = load_resources(bench, "dense/test", seed=args.seed)
+    episode, proposed = make_episode(resources, args.user, args.history, args.candidates, seed=args.seed)
+    model = load_chat_model(args.model)
+    config = default_config("agent", model)
+    config.max_steps, config.max_tool_calls = args.max_steps, args.max_tool_calls
+    env = RecEnv(resources)
+    agent = RecThinker(model, env, items=bench.items, config=config)
+    console = None
+    if not args.json:
+        from rich.console import Console
+
+        console = Console()
+    result = run_recommend(agent, RecEnv(resources), episode, proposed, console=console)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
 def cmd_tool(args: argparse.Namespace) -> int:
     from recthinker.tools.commands import run_tool
 
@@ -188,6 +216,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-resume", action="store_true", help="ignore (and overwrite) finished episodes in --out"
     )
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("recommend", help="run the agent for one user and watch it investigate")
+    s.add_argument("--dataset", default="ml-1m")
+    s.add_argument("--user", required=True, help="a user id of the dataset (or any id, with --history)")
+    s.add_argument(
+        "--history", nargs="*", default=None, help="item ids, oldest first (default: the user's background)"
+    )
+    s.add_argument("--candidates", nargs="*", default=None, help="item ids to rank (default: 10 proposed)")
+    s.add_argument(
+        "--model", default=None, help="GGUF file, HF folder/adapter or server URL (default: bundled)"
+    )
+    s.add_argument("--max-steps", type=int, default=6)
+    s.add_argument("--max-tool-calls", type=int, default=6)
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--json", action="store_true", help="print one JSON object instead of the live view")
+    s.set_defaults(func=cmd_recommend)
 
     s = sub.add_parser("tool", help="call one agent tool for a user and print its observation")
     s.add_argument("name", help="tool name (user_profile, user_history, item_info, search_items, ...)")

@@ -28,12 +28,12 @@ class Episode:
     user_id: UserId
     history: tuple[ItemId, ...]  # oldest -> newest, background interactions only
     candidates: tuple[ItemId, ...]  # shuffled with the episode's seed; contains target exactly once
-    target: ItemId
+    target: ItemId | None = None  # the held-out item; None when serving (unknown)
     split: str = "test"  # "valid" | "test" | "train" (training episodes built from the background)
     subset: str = ""  # "dense" | "sparse" | "loo" | "" -- which benchmark subset it belongs to
 
     def __post_init__(self) -> None:
-        if self.candidates.count(self.target) != 1:
+        if self.target is not None and self.candidates.count(self.target) != 1:
             raise ValueError(
                 f"episode {self.episode_id!r}: target {self.target!r} must appear exactly once in candidates"
             )
@@ -58,7 +58,7 @@ class Episode:
             user_id=str(row["user_id"]),
             history=tuple(str(i) for i in row["history"]),
             candidates=tuple(str(i) for i in row["candidates"]),
-            target=str(row["target"]),
+            target=None if row.get("target") is None else str(row["target"]),
             split=str(row.get("split", "test")),
             subset=str(row.get("subset", "")),
         )

@@ -31,8 +31,9 @@ def turn_grammar(
     labels = " | ".join(_lit(str(k)) for k in range(1, n_candidates + 1))
     rest = ' (" > " lab)' * (n_candidates - 1)
     rules = [
-        f'root ::= "<analyze>" txt "</analyze>\\n<plan>" txt "</plan>\\n" {action}',
-        f"txt ::= [^<\\n]{{1,{text_chars}}}",
+        f'root ::= "<analyze>" analyze "</analyze>\\n<plan>" plan "</plan>\\n" {action}',
+        f"analyze ::= [^<\\n]{{1,{analyze_chars}}}",
+        f"plan ::= [^<\\n]{{1,{plan_chars}}}",
         f'answer ::= "<answer>" lab{rest} "</answer>"',
         f'lab ::= "[" ({labels}) "]"',
     ]

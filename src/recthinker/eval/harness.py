@@ -269,6 +269,9 @@ def _check_inputs(rankers: Sequence[Ranker], episodes: Sequence[Episode], worker
         raise ValueError("evaluate needs at least one episode")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    unlabelled = [e.episode_id for e in episodes if e.target is None]
+    if unlabelled:
+        raise ValueError(f"{len(unlabelled)} episodes have no target to evaluate against, e.g. {unlabelled[0]!r}")
     names = [getattr(r, "name", None) for r in rankers]
     for ranker, name in zip(rankers, names, strict=True):
         if not isinstance(ranker, Ranker):
