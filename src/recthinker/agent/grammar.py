@@ -17,7 +17,12 @@ def _lit(text: str) -> str:
 
 
 def turn_grammar(
-    tool_names: Sequence[str], n_candidates: int, *, allow_tools: bool = True, text_chars: int = 240
+    tool_names: Sequence[str],
+    n_candidates: int,
+    *,
+    allow_tools: bool = True,
+    analyze_chars: int = 200,
+    plan_chars: int = 120,
 ) -> str:
     """The grammar of one agent turn.
 
