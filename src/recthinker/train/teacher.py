@@ -1,0 +1,492 @@
+"""The bootstrap teacher: a *scripted policy over the real tools*, not an LLM.
+
+It writes the first Analyze-Plan-Act trajectories for SFT. It is a `ChatModel` ("bootstrap-teacher")
+that runs inside the real `RecThinker` loop, so its trajectories have exactly the agent's format: the same
+system and task prompts, prompt-mode tool calls, observations from `RecEnv`, steps and SFT rows. Each
+`generate` call looks at the conversation so far (which tools were called) and at the episode state in
+its `RecEnv` (history, candidates, and the numbers behind the tool outputs), and writes one turn:
+
+1. Turn 1 uses only what the task prompt shows: the history length and the genre concentration of the
+   shown history, and how many candidates share a genre with it. A focused history (>= 5 items shown,
+   top genre on >= 40% of them) calls `cf_scores` + `item_relations`; a thin or scattered one calls
+   `similar_users` + `cf_scores`.
+2. Turn 2 judges sufficiency from the observations: with the evidence so far, the fitted combination's
+   leader must be in the top 2 of every collaborative signal seen and lead the runner-up by
+   >= `MARGIN` standard deviations of the combined score. If so, it answers; otherwise it calls the
+   remaining collaborative tool, plus `item_info` on the candidates no collaborative signal has seen
+   (when there are >= 3 of them), and answers in turn 3.
+3. The answer ranks all candidates by a weighted sum of per-episode z-scored signals (`RecEnv.signals`):
+   genre_match (visible in the prompt) and the signal of each tool it called (cf_scores -> cf_als,
+   item_relations -> item_relations, similar_users -> similar_users, item_info -> popularity, log1p).
+   The weights of every evidence set are fitted on training episodes (`train.episodes`, tools over the
+   training background) by coordinate search maximising mean NDCG@10 (`fit_weights`); `fit_teacher`
+   caches them as JSON under `<benchmark>/teacher/`.
+
+Analysis and plan text are short, factual, and quote the numbers the observations show (ALS scores
+min-max normalised as `cf_scores` prints them, relation sums, similar-user counts).
+
+    ranker = make_teacher_ranker(ensure_benchmark("ml-1m"), "dense/test")
+    ranking = ranker.rank(episode)           # ranking.info["trajectory"] is a full agent trajectory
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import re
+import threading
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recthinker.agent.llm import ChatResult
+from recthinker.agent.loop import AgentConfig, RecThinker
+from recthinker.agent.parse import parse_turn
+from recthinker.types import Episode, Ranking
+
+log = logging.getLogger(__name__)
+
+NAME = "bootstrap-teacher"
+SIGNALS = ("genre_match", "cf_als", "item_relations", "similar_users", "popularity")
+TOOL_SIGNAL = {
+    "cf_scores": "cf_als",
+    "item_relations": "item_relations",
+    "similar_users": "similar_users",
+    "item_info": "popularity",
+}
+COLLAB = ("cf_als", "item_relations", "similar_users")
+WORDS = {
+    "cf_als": "ALS",
+    "item_relations": "item relations",
+    "similar_users": "similar users",
+    "genre_match": "genre match",
+    "popularity": "popularity",
+}
+MARGIN = 0.75  # lead of the combined-score leader over the runner-up, in std units, to stop early
+FOCUS_SHARE = 0.4  # top-genre share of the shown history that makes it "focused"
+MIN_SHOWN = 5  # fewer shown history items than this is a thin history
+MIN_UNSEEN_FOR_INFO = 3  # call item_info when at least this many candidates have no collaborative evidence
+GRID = (-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+WEIGHTS_VERSION = 1
+
+# ---- signals and weights ----------------------------------------------------------------------------------
+
+
+def standardize(raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-episode z-scores of the raw tool signals (popularity as log1p; unscored CF items at the minimum).
+
+    >>> z = standardize({"cf_als": np.array([1.0, -np.inf, 3.0]), "popularity": np.array([0.0, 0.0, 0.0])})
+    >>> [round(float(v), 2) for v in z["cf_als"]], z["popularity"].tolist()
+    [[-0.71, -0.71, 1.41], [0.0, 0.0, 0.0]]
+    """
+    out = {}
+    for name, x in raw.items():
+        x = np.asarray(x, dtype=float).copy()
+        finite = np.isfinite(x)
+        x[~finite] = x[finite].min() if finite.any() else 0.0
+        if name == "popularity":
+            x = np.log1p(np.maximum(x, 0.0))
+        sd = x.std()
+        out[name] = (x - x.mean()) / sd if sd > 1e-12 else np.zeros_like(x)
+    return out
+
+
+def evidence_key(signals: Sequence[str]) -> str:
+    """Canonical key of an evidence set, e.g. "cf_als+genre_match"."""
+    return "+".join(sorted(set(signals)))
+
+
+@dataclass
+class TeacherWeights:
+    """Fitted weights per evidence set (key: `evidence_key`), with the NDCG@10 each reached when fitted."""
+
+    weights: dict[str, dict[str, float]]
+    fit_ndcg: dict[str, float] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def score(self, z: Mapping[str, np.ndarray], signals: Sequence[str]) -> np.ndarray:
+        w = self.weights[evidence_key(signals)]
+        return sum((w.get(s, 0.0) * z[s] for s in w), np.zeros(len(next(iter(z.values())))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights, "fit_ndcg": self.fit_ndcg, "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, row: Mapping[str, Any]) -> TeacherWeights:
+        return cls(
+            weights=dict(row["weights"]),
+            fit_ndcg=dict(row.get("fit_ndcg", {})),
+            meta=dict(row.get("meta", {})),
+        )
+
+
+def _mean_ndcg(scores: np.ndarray, target: np.ndarray) -> float:
+    """Mean NDCG@10 with ties counted half (fitting objective); scores (n_eps, n_cands)."""
+    s_t = scores[np.arange(len(target)), target][:, None]
+    rank = 1 + (scores > s_t).sum(1) + 0.5 * ((scores == s_t).sum(1) - 1)
+    return float(np.where(rank <= 10, 1.0 / np.log2(1.0 + rank), 0.0).mean())
+
+
+def fit_weights(
+    z_rows: Sequence[Mapping[str, np.ndarray]], targets: Sequence[int], passes: int = 3
+) -> TeacherWeights:
+    """Coordinate search (grid `GRID`, `passes` sweeps) of the weights of every evidence set that holds
+    genre_match, maximising mean NDCG@10 over the episodes; `targets` are the target's candidate index."""
+    t = np.asarray(targets)
+    feats = {s: np.stack([r[s] for r in z_rows]) for s in SIGNALS}
+    weights: dict[str, dict[str, float]] = {}
+    fit: dict[str, float] = {}
+    others = [s for s in SIGNALS if s != "genre_match"]
+    for r in range(len(others) + 1):
+        for combo in itertools.combinations(others, r):
+            sigs = ("genre_match", *combo)
+            alone = {s: _mean_ndcg(feats[s], t) for s in sigs}
+            w = dict.fromkeys(sigs, 0.0)
+            w[max(alone, key=alone.get)] = 1.0
+            best = _mean_ndcg(sum(w[s] * feats[s] for s in sigs), t)
+            for _ in range(passes):
+                improved = False
+                for s in sigs:
+                    for v in GRID:
+                        trial = {**w, s: v}
+                        if not any(trial.values()):
+                            continue
+                        score = _mean_ndcg(sum(trial[x] * feats[x] for x in sigs), t)
+                        if score > best + 1e-9:
+                            best, w, improved = score, trial, True
+                if not improved:
+                    break
+            key = evidence_key(sigs)
+            weights[key], fit[key] = w, round(best, 4)
+    return TeacherWeights(
+        weights=weights, fit_ndcg=fit, meta={"n_episodes": len(t), "version": WEIGHTS_VERSION}
+    )
+
+
+def episode_signals(env, episode: Episode) -> dict[str, np.ndarray]:
+    """Z-scored signals of `episode` under `env`'s resources (resets `env`)."""
+    env.reset_episode(episode)
+    return standardize(env.signals(("als",)))
+
+
+def fit_on_episodes(resources, episodes: Sequence[Episode]) -> TeacherWeights:
+    """Fit the teacher's weights on `episodes` (with targets) using tools over `resources`."""
+    from recthinker.tools.env import RecEnv
+
+    env = RecEnv(resources)
+    rows, targets = [], []
+    for e in episodes:
+        rows.append(episode_signals(env, e))
+        targets.append(e.candidates.index(e.target))
+    return fit_weights(rows, targets)
+
+
+def fit_teacher(bench, *, n_episodes: int = 1000, seed: int = 0) -> TeacherWeights:
+    """Weights fitted on `n_episodes` training episodes of `bench` (tools over the training background);
+    cached in `<bench>/teacher/weights-<key>.json`."""
+    from recthinker.train.episodes import make_training_episodes, training_resources
+
+    key = hashlib.sha256(f"{n_episodes}|{seed}|{WEIGHTS_VERSION}|{GRID}|{SIGNALS}".encode()).hexdigest()[:12]
+    path = Path(bench.root) / "teacher" / f"weights-{key}.json"
+    if path.is_file():
+        return TeacherWeights.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    episodes = make_training_episodes(bench, n_episodes, seed)
+    weights = fit_on_episodes(training_resources(bench, episodes), episodes)
+    weights.meta.update({"seed": seed, "benchmark": str(bench.root)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(weights.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    log.info("fitted teacher weights on %d training episodes -> %s", n_episodes, path)
+    return weights
+
+
+# ---- the scripted policy --------------------------------------------------------------------------------
+
+_SHOWN_RE = re.compile(r"\((?:oldest to newest, )?(\d+) of (\d+) items\)")
+
+
+def _called_tools(messages: Sequence[Mapping[str, Any]]) -> list[str]:
+    names: list[str] = []
+    for m in messages:
+        if m.get("role") != "assistant":
+            continue
+        for c in m.get("tool_calls") or ():
+            names.append(c["function"]["name"])
+        names += [c["function"]["name"] for c in parse_turn(m.get("content") or "").tool_calls]
+    return names
+
+
+@dataclass
+class _State:
+    """What the teacher knows about the current episode (recomputed when the episode changes)."""
+
+    key: tuple
+    z: dict[str, np.ndarray]
+    raw: dict[str, np.ndarray]
+    sim_counts: np.ndarray
+    n_sim: int
+
+
+class BootstrapTeacher:
+    """A scripted `ChatModel` whose turns follow the policy in the module docstring."""
+
+    name = NAME
+
+    def __init__(self, env, weights: TeacherWeights) -> None:
+        self.env = env
+        self.weights = weights
+        self._state: _State | None = None
+
+    # -- observations ---------------------------------------------------------------------------------
+    def _episode_state(self) -> _State:
+        from recthinker.tools import collab
+
+        env = self.env
+        key = (env.episode_id, env.user_id, env.candidates)
+        if self._state is None or self._state.key != key:
+            raw = env.signals(("als",))
+            nbrs = collab.similar_users(env.resources.index, env.user_id, list(env.history), 10)
+            counts = collab.neighbour_counts(env.resources.index, [r for r, _, _ in nbrs], env.candidates)
+            self._state = _State(
+                key=key, z=standardize(raw), raw=raw, sim_counts=np.asarray(counts), n_sim=len(nbrs)
+            )
+        return self._state
+
+    def _label(self, i: int) -> str:
+        title = self.env.resources.catalog.title(self.env.candidates[i])
+        return f"[{i + 1}] {title}"
+
+    def _labels(self, idx: Sequence[int]) -> str:
+        return ", ".join(f"[{i + 1}]" for i in idx)
+
+    # -- ChatModel ------------------------------------------------------------------------------------
+    def generate(self, messages: list[dict[str, Any]], **_: Any) -> ChatResult:
+        text = self.turn(messages)
+        return ChatResult(
+            message={"role": "assistant", "content": text},
+            prompt_tokens=0,
+            completion_tokens=0,
+            latency_s=0.0,
+            finish_reason="stop",
+        )
+
+    def turn(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        st = self._episode_state()
+        called = _called_tools(messages)
+        last = "last turn" in str(messages[-1].get("content", "")) if messages else False
+        evidence = ["genre_match", *dict.fromkeys(TOOL_SIGNAL[c] for c in called if c in TOOL_SIGNAL)]
+        if not called and not last:
+            return self._first_turn(messages, st)
+        if not last and len(set(called)) <= 2 and not self._sufficient(st, evidence):
+            calls = self._second_calls(st, called)
+            if calls:
+                return self._compose(self._observed(st, evidence), self._gap_plan(st, evidence, calls), calls)
+        return self._answer(st, evidence)
+
+    def _shown_history(self, messages: Sequence[Mapping[str, Any]]) -> tuple[list[str], int]:
+        task = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
+        m = _SHOWN_RE.search(str(task))
+        n_shown, n_total = (
+            (int(m.group(1)), int(m.group(2)))
+            if m
+            else (min(10, len(self.env.history)), len(self.env.history))
+        )
+        return list(self.env.history[-n_shown:]) if n_shown else [], n_total
+
+    def _first_turn(self, messages: Sequence[Mapping[str, Any]], st: _State) -> str:
+        cat = self.env.resources.catalog
+        shown, n_total = self._shown_history(messages)
+        genres = Counter(g for i in shown for g in cat.cats(i))
+        top = genres.most_common(2)
+        top_share = top[0][1] / len(shown) if shown and top else 0.0
+        hist_genres = set(genres)
+        match = [i for i, c in enumerate(self.env.candidates) if hist_genres & set(cat.cats(c))]
+        miss = [i for i in range(len(self.env.candidates)) if i not in match]
+        gtext = " and ".join(f"{g} ({n}/{len(shown)})" for g, n in top) or "no known genres"
+        analyze = (
+            f"The user has {n_total} past items; the {len(shown)} shown are mostly {gtext}. "
+            f"{len(match)} of {len(self.env.candidates)} candidates share a genre with them"
+            + (f"; {self._labels(miss)} share none" if miss else "")
+            + ". Genres alone cannot order the matching candidates: collaborative evidence is missing."
+        )
+        focused = len(shown) >= MIN_SHOWN and top_share >= FOCUS_SHARE
+        if focused:
+            plan = (
+                f"The history is focused (top genre on {top_share:.0%} of it): score the candidates with ALS "
+                "(cf_scores) and relate each one to the recent history (item_relations)."
+            )
+            calls = [("cf_scores", {"model": "als"}), ("item_relations", {})]
+        else:
+            why = "short" if len(shown) < MIN_SHOWN else f"scattered (top genre on {top_share:.0%})"
+            plan = (
+                f"The history is {why}: find users with similar histories and what they chose (similar_users), "
+                "and score the candidates with ALS (cf_scores)."
+            )
+            calls = [("similar_users", {"k": 10}), ("cf_scores", {"model": "als"})]
+        return self._compose(analyze, plan, calls)
+
+    def _sufficient(self, st: _State, evidence: Sequence[str]) -> bool:
+        score = self.weights.score(st.z, evidence)
+        order = np.argsort(-score, kind="stable")
+        sd = score.std()
+        if sd <= 1e-12:
+            return False
+        lead = (score[order[0]] - score[order[1]]) / sd
+        agree = all(order[0] in np.argsort(-st.z[s], kind="stable")[:2] for s in evidence if s in COLLAB)
+        return bool(lead >= MARGIN and agree)
+
+    def _unseen(self, st: _State, evidence: Sequence[str]) -> list[int]:
+        """Candidates that no collaborative signal seen so far gives any weight."""
+        seen = np.zeros(len(self.env.candidates), dtype=bool)
+        for s in evidence:
+            if s == "cf_als":
+                continue  # ALS scores every known item: no signal of its own on coverage
+            if s in COLLAB:
+                seen |= st.raw[s] > 0
+        return [int(i) for i in np.flatnonzero(~seen)]
+
+    def _second_calls(self, st: _State, called: Sequence[str]) -> list[tuple[str, dict]]:
+        calls: list[tuple[str, dict]] = []
+        for tool, args in (("item_relations", {}), ("similar_users", {"k": 10})):
+            if tool not in called:
+                calls.append((tool, args))
+        evidence = ["genre_match", *(TOOL_SIGNAL[c] for c in called), *(TOOL_SIGNAL[c] for c, _ in calls)]
+        unseen = self._unseen(st, evidence)
+        if len(unseen) >= MIN_UNSEEN_FOR_INFO and "item_info" not in called:
+            calls.append(("item_info", {"item_ids": [f"[{i + 1}]" for i in unseen[:10]]}))
+        return calls
+
+    def _observed(self, st: _State, evidence: Sequence[str]) -> str:
+        parts = []
+        if "cf_als" in evidence:
+            s = st.raw["cf_als"]
+            finite = np.isfinite(s)
+            lo, hi = (s[finite].min(), s[finite].max()) if finite.any() else (0.0, 0.0)
+            order = np.lexsort((np.arange(len(s)), -np.where(finite, s, -np.inf)))[:3]
+            norm = [(s[i] - lo) / (hi - lo) if hi > lo else 1.0 for i in order]
+            parts.append(
+                "ALS puts "
+                + ", ".join(f"{self._label(i)} ({v:.2f})" for i, v in zip(order, norm, strict=True))
+                + " on top"
+            )
+        if "item_relations" in evidence:
+            r = st.raw["item_relations"]
+            order = np.argsort(-r, kind="stable")[:2]
+            parts.append(
+                "item relations to the recent history are strongest for "
+                + ", ".join(f"[{i + 1}] ({r[i]:.2f})" for i in order)
+            )
+        if "similar_users" in evidence:
+            c = st.sim_counts
+            if st.n_sim == 0:
+                parts.append("no similar users were found")
+            else:
+                order = [i for i in np.argsort(-c, kind="stable")[:3] if c[i] > 0]
+                picked = (
+                    ", ".join(f"[{i + 1}] ({c[i]}/{st.n_sim})" for i in order) or "none of the candidates"
+                )
+                parts.append(f"the {st.n_sim} most similar users chose {picked}")
+        if "popularity" in evidence:
+            p = st.raw["popularity"]
+            order = np.argsort(-p, kind="stable")
+            parts.append(
+                f"popularity runs from {int(p[order[0]])} interactions ([{order[0] + 1}]) to {int(p[order[-1]])} ([{order[-1] + 1}])"
+            )
+        text = "; ".join(parts)
+        return (text[0].upper() + text[1:] + ".") if text else "No tool evidence yet."
+
+    def _gap_plan(self, st: _State, evidence: Sequence[str], calls: Sequence[tuple[str, dict]]) -> str:
+        score = self.weights.score(st.z, evidence)
+        order = np.argsort(-score, kind="stable")
+        sd = score.std()
+        lead = (score[order[0]] - score[order[1]]) / sd if sd > 1e-12 else 0.0
+        rivals = [
+            f"{WORDS[s]} puts [{int(np.argmax(st.z[s])) + 1}] first"
+            for s in evidence
+            if s in COLLAB and order[0] not in np.argsort(-st.z[s], kind="stable")[:2]
+        ]
+        if rivals:
+            reason = (
+                f"The signals disagree: the combined leader is [{order[0] + 1}], but "
+                + " and ".join(rivals)
+                + "."
+            )
+        else:
+            reason = f"The top is not settled: [{order[0] + 1}] leads [{order[1] + 1}] by only {lead:.2f} sd."
+        wanted = [c for c, _ in calls if c != "item_info"]
+        text = reason + " Call " + " and ".join(wanted) + " for independent collaborative evidence"
+        info = next((a for c, a in calls if c == "item_info"), None)
+        if info:
+            text += f"; {', '.join(info['item_ids'])} have no collaborative evidence yet: check them with item_info"
+        return text + "."
+
+    def _answer(self, st: _State, evidence: Sequence[str]) -> str:
+        score = self.weights.score(st.z, evidence)
+        order = np.argsort(-score, kind="stable")
+        w = self.weights.weights[evidence_key(evidence)]
+        used = ", ".join(f"{WORDS[s]} {v:g}" for s, v in sorted(w.items(), key=lambda kv: -abs(kv[1])) if v)
+        analyze = self._observed(st, evidence)
+        sd = score.std()
+        lead = (score[order[0]] - score[order[1]]) / sd if sd > 1e-12 else 0.0
+        plan = (
+            f"The evidence suffices: rank by the combined signals (weights: {used}); "
+            f"{self._label(order[0])} leads by {lead:.2f} sd."
+        )
+        answer = " > ".join(f"[{i + 1}]" for i in order)
+        return f"<analyze>{analyze}</analyze>\n<plan>{plan}</plan>\n<answer>{answer}</answer>"
+
+    @staticmethod
+    def _compose(analyze: str, plan: str, calls: Sequence[tuple[str, dict]]) -> str:
+        blocks = [
+            "<tool_call>\n" + json.dumps({"name": n, "arguments": a}, ensure_ascii=False) + "\n</tool_call>"
+            for n, a in calls
+        ]
+        return "\n".join([f"<analyze>{analyze}</analyze>", f"<plan>{plan}</plan>", *blocks])
+
+
+# ---- Ranker -----------------------------------------------------------------------------------------------
+
+
+class TeacherRanker:
+    """`Ranker` running the bootstrap teacher through the real agent loop (one env + teacher per thread)."""
+
+    def __init__(self, resources, items, weights: TeacherWeights, config: AgentConfig | None = None) -> None:
+        self.name = "teacher"
+        self.resources = resources
+        self.items = items
+        self.weights = weights
+        self.config = config or AgentConfig()
+        self._local = threading.local()
+
+    def agent(self) -> RecThinker:
+        """This thread's `RecThinker` driven by a `BootstrapTeacher`."""
+        if not hasattr(self._local, "agent"):
+            from recthinker.tools.env import RecEnv
+
+            env = RecEnv(self.resources)
+            self._local.agent = RecThinker(
+                BootstrapTeacher(env, self.weights), env, items=self.items, config=self.config, name="teacher"
+            )
+        return self._local.agent
+
+    def rank(self, episode: Episode) -> Ranking:
+        traj = self.agent().run(episode)
+        info = {**traj.summary(), "trajectory": traj.to_dict()}
+        return Ranking(items=tuple(traj.ranking), valid=traj.valid, note=traj.note, info=info)
+
+
+def make_teacher_ranker(
+    bench, episode_set: str, *, seed: int = 42, n_fit: int = 1000, fit_seed: int = 0
+) -> TeacherRanker:
+    """A `TeacherRanker` over the tools of `episode_set`, with weights fitted on training episodes."""
+    from recthinker.tools.resources import load_resources
+
+    weights = fit_teacher(bench, n_episodes=n_fit, seed=fit_seed)
+    return TeacherRanker(load_resources(bench, episode_set, seed=seed), bench.items, weights)
