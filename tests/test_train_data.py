@@ -86,7 +86,9 @@ def test_training_tools_never_see_the_target_or_held_out_rows(tiny_benchmark: Be
     env = RecEnv(training_resources(bench, train_eps))
     for e in train_eps:
         env.reset_episode(e)
-        assert env.history == tuple(bg.sequence(e.user_id)[:-1])  # tools' view of the user stops before the target
+        assert env.history == tuple(
+            bg.sequence(e.user_id)[:-1]
+        )  # tools' view of the user stops before the target
 
 
 # ---- teacher ---------------------------------------------------------------------------------------------
@@ -111,7 +113,9 @@ def test_teacher_trajectories_are_agent_trajectories(teacher_rankings):
         assert all(isinstance(c["function"]["arguments"], dict) for c in calls)
 
 
-def test_teacher_beats_random_and_spends_fewer_calls_when_evidence_agrees(tiny_benchmark, eval_res, teacher_rankings):
+def test_teacher_beats_random_and_spends_fewer_calls_when_evidence_agrees(
+    tiny_benchmark, eval_res, teacher_rankings
+):
     eps, rankings = teacher_rankings
     ndcg = np.mean([ndcg_at_k(r.items.index(e.target) + 1, 10) for e, r in zip(eps, rankings, strict=True)])
     random_ndcg = np.mean([ndcg_at_k(k, 10) for k in range(1, 11)])  # expected NDCG@10 of a random order
@@ -122,7 +126,10 @@ def test_teacher_beats_random_and_spends_fewer_calls_when_evidence_agrees(tiny_b
     for e, r in zip(eps, rankings, strict=True):
         env.reset_episode(e)
         s = env.signals(("als",))
-        order = {k: [e.candidates[i] for i in np.argsort(-s[k], kind="stable")] for k in ("cf_als", "item_relations")}
+        order = {
+            k: [e.candidates[i] for i in np.argsort(-s[k], kind="stable")]
+            for k in ("cf_als", "item_relations")
+        }
         calls.append(r.info["tool_calls"])
         tau.append(kendall_tau(order["cf_als"], order["item_relations"]))
     calls, tau = np.array(calls), np.array(tau)
@@ -157,10 +164,18 @@ def test_rollout_resumes_without_duplicates(tiny_benchmark, eval_res, weights, t
 CANDS = [f"c{i}" for i in range(10)]
 
 
-def _traj(eid: str, sample: int, rank: int | None, calls: int, *, text: str = "", error: str = "") -> Trajectory:
+def _traj(
+    eid: str, sample: int, rank: int | None, calls: int, *, text: str = "", error: str = ""
+) -> Trajectory:
     """A hand-made trajectory: target c0 at `rank` (None = invalid), `calls` tool calls."""
     ranking = CANDS[1:rank] + ["c0"] + CANDS[rank:] if rank else []
-    steps = [Step(index=0, content="t", tool_calls=[ToolCallRecord(name="cf_scores", arguments={}, observation="o", ok=True)] * calls)]
+    steps = [
+        Step(
+            index=0,
+            content="t",
+            tool_calls=[ToolCallRecord(name="cf_scores", arguments={}, observation="o", ok=True)] * calls,
+        )
+    ]
     messages = [
         {"role": "system", "content": "s"},
         {"role": "user", "content": "u"},
@@ -193,7 +208,9 @@ def test_filtering_counts_each_stage():
         _traj("sparse/train/f", 0, 3, 2),
     ]
     kept, report = filter_trajectories(trajs, ndcg_threshold=0.5, per_episode=1)
-    assert {k: report[k] for k in ("in", "valid", "above_threshold", "per_episode", "deduped", "balanced")} == {
+    assert {
+        k: report[k] for k in ("in", "valid", "above_threshold", "per_episode", "deduped", "balanced")
+    } == {
         "in": 9,
         "valid": 7,
         "above_threshold": 6,
@@ -214,3 +231,33 @@ def test_write_sft_dataset(tmp_path: Path, teacher_rankings):
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(rows) == 3 and all(set(r) == {"messages", "tools"} for r in rows)
     assert rows[0] == trajs[0].to_sft_row()
+
+
+# ---- ML-1M -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_teacher_on_ml1m(tmp_path: Path):
+    """Separation on ML-1M and the teacher's accuracy band (measured: dense 0.900, sparse 0.761; ALS
+    alone 0.899 / 0.756), with 2-3 tool calls per episode."""
+    from recthinker.data.benchmark import ensure_benchmark
+    from recthinker.eval.harness import evaluate
+    from recthinker.train.teacher import fit_teacher
+
+    bench = ensure_benchmark("ml-1m")
+    eps = make_training_episodes(bench, 1000, seed=0)
+    held = held_out(bench)
+    assert not any(e.target in held.get(e.user_id, ()) for e in eps)
+    weights = fit_teacher(bench, n_episodes=1000, seed=0)
+    for name, band in (("dense/test", 0.87), ("sparse/test", 0.72)):
+        ranker = TeacherRanker(load_resources(bench, name), bench.items, weights)
+        summary = evaluate(
+            [ranker], bench.episodes(name)[:100], tmp_path / name.replace("/", "-"), progress=False
+        )
+        rows = [
+            json.loads(line)
+            for line in (tmp_path / name.replace("/", "-") / "teacher" / "episodes.jsonl").open()
+        ]
+        assert np.mean([r["ndcg@10"] for r in rows]) >= band, summary
+        assert 2 <= np.mean([r["tool_calls"] for r in rows]) <= 4

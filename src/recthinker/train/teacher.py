@@ -83,7 +83,7 @@ def standardize(raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
     >>> z = standardize({"cf_als": np.array([1.0, -np.inf, 3.0]), "popularity": np.array([0.0, 0.0, 0.0])})
     >>> [round(float(v), 2) for v in z["cf_als"]], z["popularity"].tolist()
-    [[-0.71, -0.71, 1.41], [0.0, 0.0, 0.0]]
+    ([-0.71, -0.71, 1.41], [0.0, 0.0, 0.0])
     """
     out = {}
     for name, x in raw.items():
@@ -310,9 +310,13 @@ class BootstrapTeacher:
         match = [i for i, c in enumerate(self.env.candidates) if hist_genres & set(cat.cats(c))]
         miss = [i for i in range(len(self.env.candidates)) if i not in match]
         gtext = " and ".join(f"{g} ({n}/{len(shown)})" for g, n in top) or "no known genres"
+        head = (
+            f"The history lists {n_total} items, mostly {gtext}"
+            if len(shown) == n_total
+            else f"The history lists {n_total} items; the {len(shown)} shown are mostly {gtext}"
+        )
         analyze = (
-            f"The user has {n_total} past items; the {len(shown)} shown are mostly {gtext}. "
-            f"{len(match)} of {len(self.env.candidates)} candidates share a genre with them"
+            f"{head}. {len(match)} of {len(self.env.candidates)} candidates share a genre with them"
             + (f"; {self._labels(miss)} share none" if miss else "")
             + ". Genres alone cannot order the matching candidates: collaborative evidence is missing."
         )
@@ -435,8 +439,13 @@ class BootstrapTeacher:
         analyze = self._observed(st, evidence)
         sd = score.std()
         lead = (score[order[0]] - score[order[1]]) / sd if sd > 1e-12 else 0.0
+        opening = (
+            "The evidence suffices"
+            if self._sufficient(st, evidence)
+            else "The collaborative tools are used up"
+        )
         plan = (
-            f"The evidence suffices: rank by the combined signals (weights: {used}); "
+            f"{opening}: rank by the combined signals (weights: {used}); "
             f"{self._label(order[0])} leads by {lead:.2f} sd."
         )
         answer = " > ".join(f"[{i + 1}]" for i in order)
