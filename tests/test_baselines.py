@@ -76,10 +76,10 @@ ALL_B = [f"b{i:02d}" for i in range(BLOCK)]
 class ScorerContract:
     """What every scorer must do. Subclasses set `make` (an unfitted scorer) and `learns`."""
 
-    learns: ClassVar[bool] = True  # False only for the random baseline
-    min_own_block_rate: ClassVar[float] = (
-        0.8  # share of users whose held-out item beats every other-block item
-    )
+    learns: ClassVar[bool] = True  # False for random and pop (no user model)
+    # share of users whose held-out item outscores every item of the other block; 0.8 leaves room for a
+    # model that misses a few of the 30 users, while chance is ~1/31 (random must stay below 0.3)
+    min_own_block_rate: ClassVar[float] = 0.8
 
     def make(self) -> Scorer:
         raise NotImplementedError
@@ -433,4 +433,6 @@ def test_ml1m_sasrec_band(ml1m_19):
     fit_s = time.perf_counter() - start
     ndcg, hr = ndcg_hr_at_10(scorer, episodes)
     print(f"\nsasrec: NDCG@10 {ndcg:.3f} HR@10 {hr:.3f} fit {fit_s:.0f}s ({len(episodes)} users, 1+19)")
-    assert 0.72 <= ndcg <= 0.85
+    # not yet measured at 8 epochs here (the machine was shared): shared/README.md reports 0.534 with 1 + 99
+    # after 8 epochs, above EASE's 0.450, so with 1 + 19 it should clear EASE (~0.71); 2 epochs gave 0.561
+    assert 0.70 <= ndcg <= 0.86
