@@ -178,7 +178,7 @@ class RecThinker:
             return template("zero_shot").format(n_candidates=n_candidates).strip()
         text = template("system").format(n_candidates=n_candidates, max_tool_calls=cfg.max_tool_calls).strip()
         if cfg.tool_mode == "prompt":
-            text += "\n" + tools_block(tools)
+            text += "\n" + tools_block(tools).rstrip()  # exactly what the Qwen2.5 tool template writes
         return text
 
     def _turn(self, traj: Trajectory, index: int, tools: list[dict[str, Any]], *, allow_tools: bool) -> Step:

@@ -130,7 +130,10 @@ class RecEnv:
         """JSON schemas of the tools, derived from their signatures and docstrings by transformers."""
         from transformers.utils import get_json_schema
 
-        return [get_json_schema(types.MethodType(getattr(cls, name), object())) for name in TOOL_NAMES]
+        # Alphabetical, as TRL lists an environment's tools: GRPO prompts and inference then match.
+        return [
+            get_json_schema(types.MethodType(getattr(cls, name), object())) for name in sorted(TOOL_NAMES)
+        ]
 
     @property
     def resources(self) -> Resources:
