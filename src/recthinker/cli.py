@@ -20,6 +20,9 @@ log = logging.getLogger("recthinker")
 
 CLASSIC_RANKERS = ("random", "pop", "itemknn", "ease", "als", "bpr", "sasrec")
 LLM_RANKERS = ("agent", "zero-shot", "fixed-workflow")
+OTHER_RANKERS = (
+    "teacher",
+)  # the bootstrap teacher: a scripted policy over the real tools (train/teacher.py)
 
 
 def _configure_logging(verbosity: int) -> None:
@@ -98,11 +101,17 @@ def build_ranker(kind: str, bench, name: str, args: argparse.Namespace):
             make_scorer(kind), background, bench.root / "models", np.random.default_rng(args.seed)
         )
         return ScorerRanker(scorer, name=kind)
+    if kind == "teacher":
+        from recthinker.train.teacher import make_teacher_ranker
+
+        return make_teacher_ranker(bench, name, seed=args.seed)
     if kind in LLM_RANKERS:
         from recthinker.agent.rankers import make_llm_ranker
 
         return make_llm_ranker(kind, bench, name, model=args.model, seed=args.seed)
-    raise RecThinkerError(f"unknown ranker {kind!r}: use one of {CLASSIC_RANKERS + LLM_RANKERS}")
+    raise RecThinkerError(
+        f"unknown ranker {kind!r}: use one of {CLASSIC_RANKERS + LLM_RANKERS + OTHER_RANKERS}"
+    )
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
