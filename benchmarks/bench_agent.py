@@ -1,0 +1,147 @@
+"""Benchmark the agent loop: framework overhead, bundled-model episode latency, concurrent throughput.
+
+    python benchmarks/bench_agent.py --dataset ml-1m --out outputs/bench-agent [--episodes 5]
+
+1. *Framework overhead*: every cost of an episode except model time -- prompt building, parsing, tool calls,
+   trajectory bookkeeping -- measured by driving the real loop with the bootstrap teacher (a scripted
+   policy whose "generation" takes microseconds) over dense/valid episodes.
+2. *Bundled-model latency*: the same episodes with SmolLM2-135M in-process (llama.cpp, one thread,
+   grammar-constrained turns): seconds per episode, model share, tokens/s, valid rate.
+3. *Throughput*: episodes per minute against one local llama.cpp server on 127.0.0.1 with 1 and 4 client
+   workers (server slots = workers).
+
+Writes OUT/agent.json and OUT/agent.md. Measured numbers depend on the machine and on what else runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+from recthinker.agent.llm import LlamaCpp, OpenAICompatible, bundled_model_path, serve_llamacpp
+from recthinker.agent.loop import AgentConfig, RecThinker
+from recthinker.agent.rankers import AgentRanker
+from recthinker.data.benchmark import ensure_benchmark
+from recthinker.eval.harness import evaluate
+from recthinker.tools.env import RecEnv
+from recthinker.tools.resources import load_resources
+from recthinker.train.teacher import BootstrapTeacher, fit_teacher
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def overhead(bench, resources, episodes) -> dict:
+    weights = fit_teacher(bench)
+    env = RecEnv(resources)
+    agent = RecThinker(BootstrapTeacher(env, weights), env, items=bench.items)
+    agent.run(episodes[0])  # warm caches (ALS scorer, tool tables)
+    times, model = [], []
+    for e in episodes * 4:
+        t0 = time.perf_counter()
+        traj = agent.run(e)
+        times.append(time.perf_counter() - t0)
+        model.append(traj.model_latency_s)
+    return {
+        "episodes": len(times),
+        "mean_s": statistics.mean(times),
+        "p50_s": _pct(times, 0.5),
+        "p99_s": _pct(times, 0.99),
+        "scripted_model_s": statistics.mean(model),
+    }
+
+
+def bundled(bench, resources, episodes) -> dict:
+    model = LlamaCpp(bundled_model_path(), n_threads=1)
+    agent = RecThinker(model, RecEnv(resources), items=bench.items, config=AgentConfig(constrained=True))
+    rows = []
+    for e in episodes:
+        t0 = time.perf_counter()
+        traj = agent.run(e)
+        wall = time.perf_counter() - t0
+        rows.append(
+            {
+                "wall_s": wall,
+                "model_s": traj.model_latency_s,
+                "valid": traj.valid,
+                "prompt_tokens": traj.prompt_tokens,
+                "completion_tokens": traj.completion_tokens,
+                "turns": len(traj.steps),
+                "tool_calls": traj.n_tool_calls,
+            }
+        )
+    model.close()
+    walls = [r["wall_s"] for r in rows]
+    return {
+        "episodes": len(rows),
+        "mean_s": statistics.mean(walls),
+        "p50_s": _pct(walls, 0.5),
+        "model_share": sum(r["model_s"] for r in rows) / sum(walls),
+        "valid_rate": sum(r["valid"] for r in rows) / len(rows),
+        "mean_turns": statistics.mean(r["turns"] for r in rows),
+        "mean_tool_calls": statistics.mean(r["tool_calls"] for r in rows),
+        "tokens_per_s": sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows)
+        / sum(r["model_s"] for r in rows),
+        "rows": rows,
+    }
+
+
+def throughput(bench, resources, episodes, out: Path, workers: int) -> dict:
+    with serve_llamacpp(bundled_model_path(), n_threads=1, n_parallel=workers, n_ctx=8192 * workers) as url:
+        model = OpenAICompatible(url, timeout_s=900, max_concurrency=workers)
+        ranker = AgentRanker("agent", model, resources, bench.items, AgentConfig(max_steps=2, max_tokens=128))
+        t0 = time.perf_counter()
+        evaluate([ranker], episodes, out / f"throughput-w{workers}", workers=workers, resume=False)
+        wall = time.perf_counter() - t0
+    return {
+        "workers": workers,
+        "episodes": len(episodes),
+        "wall_s": wall,
+        "episodes_per_min": 60 * len(episodes) / wall,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", default="ml-1m")
+    p.add_argument("--out", default="outputs/bench-agent")
+    p.add_argument("--episodes", type=int, default=5, help="dense/valid episodes for the model runs")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bench = ensure_benchmark(args.dataset)
+    resources = load_resources(bench, "dense/valid")
+    episodes = bench.episodes("dense/valid")[: args.episodes]
+    load = os.getloadavg()[0]
+    result = {"load_avg_1m_at_start": load, "cpus": os.cpu_count()}
+    result["overhead"] = overhead(bench, resources, bench.episodes("dense/valid")[:25])
+    result["bundled"] = bundled(bench, resources, episodes)
+    result["overhead_share_of_bundled_episode"] = result["overhead"]["mean_s"] / result["bundled"]["mean_s"]
+    result["throughput"] = [throughput(bench, resources, episodes, out, w) for w in (1, 4)]
+    (out / "agent.json").write_text(json.dumps(result, indent=2))
+    o, b = result["overhead"], result["bundled"]
+    md = [
+        "| measure | value |",
+        "|---|---|",
+        f"| framework overhead per episode (scripted policy, {o['episodes']} runs) | {1000 * o['mean_s']:.1f} ms mean, {1000 * o['p99_s']:.1f} ms p99 |",
+        f"| bundled SmolLM2-135M episode ({b['episodes']} dense/valid) | {b['mean_s']:.1f} s mean, {b['p50_s']:.1f} s p50 |",
+        f"| overhead share of a bundled-model episode | {100 * result['overhead_share_of_bundled_episode']:.2f}% |",
+        f"| bundled model: model-time share, tokens/s, valid rate | {100 * b['model_share']:.1f}%, {b['tokens_per_s']:.0f}, {b['valid_rate']:.2f} |",
+        *(
+            f"| throughput, {t['workers']} worker(s) against one llama.cpp server | {t['episodes_per_min']:.2f} episodes/min |"
+            for t in result["throughput"]
+        ),
+        f"| 1-minute load average at start | {load:.2f} on {os.cpu_count()} cores |",
+    ]
+    (out / "agent.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
