@@ -118,8 +118,8 @@ const handlers = {
   },
   turn(d) {
     const box = turnBox(d.index);
-    if (d.analyze) box.append(part("What it knows", d.analyze));
-    if (d.plan) box.append(part("What it lacks", d.plan));
+    if (d.analyze) box.append(part("Analysis", d.analyze));
+    if (d.plan) box.append(part("Plan", d.plan));
     if (!d.analyze && !d.plan) box.append(el("div", { class: "raw" }, d.content || "(empty turn)"));
     for (const p of d.problems) box.append(el("div", { class: "part problem" }, `Format problem: ${p}`));
     setStatus(`Turn ${d.index + 1} done…`);
@@ -164,7 +164,8 @@ function showResult(d) {
     const evText = ev ? Object.entries(ev).map(([k, v]) => `${k} ${v}`).join(" · ") : "";
     tbody.append(el("tr", {}, el("td", {}, r + 1), el("td", {}, label(id), el("span", { class: "id" }, id)), el("td", { class: "ev" }, evText)));
   });
-  $("summary").textContent = `${d.tool_calls} tool calls · ${d.trajectory.length} turns · model ${d.model}`;
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  $("summary").textContent = `${plural(d.tool_calls, "tool call")} · ${plural(d.trajectory.length, "turn")} · model ${d.model}`;
 }
 
 function dispatch(block) {
