@@ -102,8 +102,38 @@ def make_llm_ranker(
     """An LLM ranker of `kind` (agent | zero-shot | fixed-workflow) for episodes of `episode_set`."""
     from recthinker.tools.resources import load_resources
 
-    if kind not in ("agent", "zero-shot", "fixed-workflow"):
+    if kind not in ("agent", "zero-shot", "fixed-workflow", "pointwise", "pointwise-evidence"):
         raise ConfigError(f"unknown LLM ranker {kind!r}")
     resources = load_resources(bench, episode_set, seed=seed)
     chat = load_chat_model(model)
+    if kind.startswith("pointwise"):
+        from recthinker.agent.pointwise import PointwiseRanker
+
+        return SignalTau(
+            PointwiseRanker(chat, resources, bench.items, with_evidence=kind == "pointwise-evidence"),
+            resources,
+        )
     return AgentRanker(kind, chat, resources, bench.items)
+
+
+class SignalTau:
+    """Wraps a ranker to add `tau_vs_signal` (Kendall tau vs the ALS order) to each valid ranking's info."""
+
+    def __init__(self, ranker, resources) -> None:
+        from recthinker.tools.env import RecEnv
+
+        self.inner, self.name, self._env_cls, self._resources = ranker, ranker.name, RecEnv, resources
+        self._local = threading.local()
+
+    def rank(self, episode: Episode) -> Ranking:
+        ranking = self.inner.rank(episode)
+        if not ranking.valid:
+            return ranking
+        if not hasattr(self._local, "env"):
+            self._local.env = self._env_cls(self._resources)
+        env = self._local.env
+        env.reset_episode(episode)
+        signal = env.signals((SIGNAL.removeprefix("cf_"),))[SIGNAL]
+        order = [episode.candidates[i] for i in np.argsort(-signal, kind="stable")]
+        info = {**ranking.info, "tau_vs_signal": kendall_tau(list(ranking.items), order)}
+        return Ranking(items=ranking.items, valid=True, note=ranking.note, info=info)

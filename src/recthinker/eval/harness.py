@@ -197,6 +197,9 @@ def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
         calls = [_count(r["tool_calls"]) for r in with_tools]
         errors = sum(_count(r.get("tool_errors", 0)) for r in with_tools)
         out["mean_tool_calls"] = float(np.mean(calls))
+    taus = [float(r["tau_vs_signal"]) for r in rows if r.get("tau_vs_signal") is not None]
+    if taus:  # Kendall tau between the ranking and the strongest tool signal (LLM rankers): evidence use
+        out["mean_tau_vs_signal"] = float(np.mean(taus))
         out["tool_error_rate"] = errors / sum(calls) if sum(calls) else 0.0
     return out
 
@@ -271,7 +274,9 @@ def _check_inputs(rankers: Sequence[Ranker], episodes: Sequence[Episode], worker
         raise ValueError(f"workers must be >= 1, got {workers}")
     unlabelled = [e.episode_id for e in episodes if e.target is None]
     if unlabelled:
-        raise ValueError(f"{len(unlabelled)} episodes have no target to evaluate against, e.g. {unlabelled[0]!r}")
+        raise ValueError(
+            f"{len(unlabelled)} episodes have no target to evaluate against, e.g. {unlabelled[0]!r}"
+        )
     names = [getattr(r, "name", None) for r in rankers]
     for ranker, name in zip(rankers, names, strict=True):
         if not isinstance(ranker, Ranker):
