@@ -1,0 +1,99 @@
+"""The command line: every verb's --help, a fast start-up without torch, and prepare -> evaluate on the tiny data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from recthinker.cli import build_parser, main
+
+VERBS = ("prepare", "evaluate", "recommend", "tool", "bench")
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_each_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([verb, "--help"])
+    assert e.value.code == 0 and "usage: recthinker" in capsys.readouterr().out
+
+
+def test_help_does_not_import_torch():
+    code = "import sys, recthinker.cli; recthinker.cli.build_parser(); print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["False", "False"]
+
+
+def test_prepare_then_evaluate(tiny_dataset_dir, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert (
+        main(
+            [
+                "prepare",
+                "--dataset",
+                str(tiny_dataset_dir),
+                "--out",
+                str(out),
+                "--n-users",
+                "5",
+                "--loo-sizes",
+                "10",
+            ]
+        )
+        == 0
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"dense/test", "sparse/test", "loo/test", "loo/valid"} <= set(manifest["episodes"])
+    episodes = out / manifest["episodes"]["dense/test"]
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--episodes",
+                str(episodes),
+                "--ranker",
+                "pop",
+                "--ranker",
+                "random",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary) == {"pop", "random"}
+    for stats in summary.values():
+        assert stats["n"] == 5
+        for key in ("hr@1", "hr@5", "hr@10", "ndcg@1", "ndcg@5", "ndcg@10", "mrr"):
+            assert 0.0 <= stats[key] <= 1.0
+        assert stats["hr@10"] == 1.0  # 10 candidates: the target is always in the top 10
+    assert (run / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| pop |" in capsys.readouterr().out
+
+
+def test_bad_input_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.inter").write_text("user_id:token\titem_id:token\trating:float\nu1\ti1\tfive\n")
+    assert main(["prepare", "--dataset", str(tmp_path / "bad"), "--out", str(tmp_path / "o")]) == 2
+    assert "x.inter:2: field 'rating': 'five' is not a number" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "evaluate",
+                "--episodes",
+                str(tmp_path / "none.jsonl"),
+                "--ranker",
+                "pop",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
+    assert main(["evaluate", "--dataset", "nope", "--ranker", "pop", "--out", str(tmp_path / "r")]) == 2
