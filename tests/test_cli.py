@@ -10,7 +10,7 @@ import pytest
 
 from recthinker.cli import build_parser, main
 
-VERBS = ("prepare", "evaluate", "recommend", "tool", "bench")
+VERBS = ("prepare", "evaluate", "recommend", "serve", "tool", "bench")
 
 
 @pytest.mark.parametrize("verb", VERBS)

@@ -142,6 +142,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from recthinker.serve.app import main as serve_main
+
+    return serve_main(args.dataset, args.host, args.port, args.model, args.max_concurrency, args.timeout_s)
+
+
 def cmd_tool(args: argparse.Namespace) -> int:
     from recthinker.tools.commands import run_tool
 
@@ -241,6 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("--json", action="store_true", help="print one JSON object instead of the live view")
     s.set_defaults(func=cmd_recommend)
+
+    s = sub.add_parser(
+        "serve", help="HTTP API (recommend, SSE stream) and a web page that shows the agent think"
+    )
+    s.add_argument("--dataset", default="ml-1m")
+    s.add_argument("--host", default="127.0.0.1", help="keep it on loopback unless a proxy handles access")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument(
+        "--model", default=None, help="GGUF file, HF folder/adapter or server URL (default: bundled)"
+    )
+    s.add_argument("--max-concurrency", type=int, default=4, help="requests served at once; more get 503")
+    s.add_argument("--timeout-s", type=float, default=300.0, help="per-request timeout (504 after it)")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("tool", help="call one agent tool for a user and print its observation")
     s.add_argument("name", help="tool name (user_profile, user_history, item_info, search_items, ...)")
