@@ -1,0 +1,654 @@
+"""The training pipeline end to end, resumable stage by stage, and its command-line verbs.
+
+    recthinker train --preset smoke --out outputs/train-smoke              # ML-1M, SmolLM2-135M, CPU
+    recthinker train --preset cpu --out outputs/train-cpu --set sft_max_steps=60
+
+Stages (each writes `DIR/stages/<stage>.json` when it finishes; a rerun skips a finished stage):
+
+1. `teacher`  -- the bootstrap teacher's signal weights (`train.teacher.fit_teacher`, cached per benchmark);
+2. `rollout`  -- training episodes from the background (`train.episodes`), the teacher over them with tools
+   over the *training* background (`training_resources`) -> `rollout/rollout.jsonl`;
+3. `filter`   -- `filter_trajectories` -> `filter/sft.jsonl` and the per-stage survivor report;
+4. `sft`      -- LoRA SFT of `--model` on those rows (rows longer than `max_length` are dropped: truncation
+   would cut the final answer) -> `sft/adapter`;
+5. `augment`  -- optional self-augmentation: sample with the SFT model, filter, SFT again (fresh LoRA on the
+   teacher rows + the model's own surviving rows) -> `augment/sft/adapter`;
+6. `grpo`     -- GRPO from the SFT adapter with `RecEnv` over the training resources as the environment;
+7. `eval-<m>` -- `eval.harness.evaluate` of each model (untrained base, sft, grpo, and the preset's
+   references) on the preset's benchmark episode sets, through `HFChat` in the agent's prompt tool mode:
+   the Qwen2.5 template renders that text exactly as it rendered the SFT rows and GRPO prompts.
+
+`DIR/metrics.json` holds `{"untrained" | "sft" | "grpo" | <reference>: {"ndcg@10", "invalid_rate",
+"mean_tool_calls", "hr@10", "n", "by_set": {...}}}` plus `filter` (survivors per stage) and `timings_s`;
+`DIR/config.json` the resolved preset; `DIR/summary.md` a readable report; `DIR/stages.json` which
+stages this invocation ran or skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from recthinker.errors import ConfigError, RecThinkerError
+from recthinker.train.presets import PRESETS, TrainPreset, with_overrides
+
+log = logging.getLogger(__name__)
+
+CONTRACT = ("ndcg@10", "invalid_rate", "mean_tool_calls")
+TRAINED = ("untrained", "sft", "grpo")
+
+
+def agent_config(preset: TrainPreset, mode: str = "agent"):
+    """The `AgentConfig` every stage shares (rollouts, GRPO prompts, evaluation)."""
+    from recthinker.agent.loop import AgentConfig
+
+    return AgentConfig(
+        mode=mode,
+        max_steps=preset.max_steps,
+        max_tool_calls=preset.max_tool_calls,
+        max_tokens=preset.max_tokens,
+        n_history=preset.n_history,
+        seed=preset.seed,
+    )
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+@dataclass
+class Run:
+    """One pipeline run: its folder, preset, benchmark and model, and the stages it ran or skipped."""
+
+    out: Path
+    preset: TrainPreset
+    dataset: str
+    model: Path
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    def stage(self, name: str, fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+        """Run `fn(stage_folder)` unless `stages/<name>.json` exists; return its (stored) result."""
+        marker = self.out / "stages" / f"{name}.json"
+        if marker.is_file():
+            done = json.loads(marker.read_text(encoding="utf-8"))
+            self.log.append({"stage": name, "status": "skipped", "seconds": done["seconds"]})
+            log.info("stage %s: done earlier, skipped", name)
+            return done["result"]
+        folder = self.out / name.split("-")[0]
+        folder.mkdir(parents=True, exist_ok=True)
+        log.info("stage %s: start", name)
+        start = time.perf_counter()
+        result = fn(folder)
+        seconds = round(time.perf_counter() - start, 1)
+        _write_json(marker, {"result": result, "seconds": seconds, "finished": time.time()})
+        self.log.append({"stage": name, "status": "ran", "seconds": seconds})
+        log.info("stage %s: %.0fs", name, seconds)
+        return result
+
+    @cached_property
+    def bench(self):
+        from recthinker.data.benchmark import ensure_benchmark
+
+        return ensure_benchmark(self.dataset)
+
+    @cached_property
+    def episodes(self):
+        from recthinker.data.benchmark import read_episodes
+
+        return read_episodes(self.out / "rollout" / "episodes.jsonl")
+
+    @cached_property
+    def train_resources(self):
+        from recthinker.train.episodes import training_resources
+
+        return training_resources(self.bench, self.episodes, seed=42)
+
+    @cached_property
+    def weights(self):
+        from recthinker.train.teacher import TeacherWeights
+
+        return TeacherWeights.from_dict(json.loads((self.out / "teacher" / "weights.json").read_text()))
+
+
+# ---- stages ------------------------------------------------------------------------------------------------
+
+
+def _teacher(run: Run, folder: Path) -> dict[str, Any]:
+    from recthinker.train.teacher import fit_teacher
+
+    weights = fit_teacher(run.bench, n_episodes=run.preset.teacher_fit_episodes, seed=run.preset.seed)
+    _write_json(folder / "weights.json", weights.to_dict())
+    return {"weights": str(folder / "weights.json")}
+
+
+def _rollout(run: Run, folder: Path) -> dict[str, Any]:
+    from recthinker.train.episodes import make_training_episodes
+    from recthinker.train.rollout import rollout, teacher_policy
+
+    p = run.preset
+    path = folder / "episodes.jsonl"
+    if not path.is_file():
+        episodes = make_training_episodes(run.bench, p.n_train_episodes, p.seed)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(e.to_dict()) + "\n" for e in episodes), encoding="utf-8")
+        tmp.replace(path)
+    factory = teacher_policy(run.train_resources, run.bench.items, run.weights, agent_config(p))
+    out = rollout(
+        run.episodes, factory, folder / "rollout.jsonl", n_samples=p.teacher_samples, workers=p.workers
+    )
+    return {"rollout": str(out), "episodes": len(run.episodes)}
+
+
+def _filter(run: Run, folder: Path, rollout_path: Path) -> dict[str, Any]:
+    from recthinker.train.filtering import filter_trajectories, write_sft_dataset
+    from recthinker.train.rollout import read_rollout
+
+    p = run.preset
+    kept, report = filter_trajectories(
+        read_rollout(rollout_path), p.ndcg_threshold, per_episode=p.per_episode, seed=p.seed
+    )
+    write_sft_dataset(kept, folder / "sft.jsonl")
+    _write_json(folder / "report.json", report)
+    return {"sft_data": str(folder / "sft.jsonl"), "report": report}
+
+
+def fitting_rows(
+    rows: list[dict[str, Any]], model_dir: Path, max_length: int
+) -> tuple[list[dict], list[int]]:
+    """(rows whose rendered training text fits `max_length` tokens, every row's token count)."""
+    from transformers import AutoTokenizer
+
+    from recthinker.train.sft import training_row
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    lengths = []
+    for row in rows:
+        r = training_row(row)
+        text = tokenizer.apply_chat_template(r["messages"], tools=r["tools"] or None, tokenize=False)
+        lengths.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    return [r for r, n in zip(rows, lengths, strict=True) if n <= max_length], lengths
+
+
+def _sft(run: Run, folder: Path, data: list[Path]) -> dict[str, Any]:
+    from recthinker.train.sft import run_sft
+
+    p = run.preset
+    rows = [
+        json.loads(line) for path in data for line in path.read_text(encoding="utf-8").splitlines() if line
+    ]
+    fit, lengths = fitting_rows(rows, run.model, p.max_length)
+    if not fit:
+        raise RecThinkerError(
+            f"no SFT row fits max_length={p.max_length} (token lengths {sorted(lengths)[:10]}...; "
+            f"{len(rows)} rows from {[str(d) for d in data]}): raise max_length or lower ndcg_threshold"
+        )
+    adapter = run_sft(
+        fit,
+        run.model,
+        folder,
+        lora_r=p.lora_r,
+        lora_alpha=p.lora_alpha,
+        max_steps=p.sft_max_steps,
+        num_train_epochs=p.sft_epochs,
+        per_device_train_batch_size=p.sft_batch_size,
+        gradient_accumulation_steps=p.sft_grad_accum,
+        learning_rate=p.sft_learning_rate,
+        max_length=p.max_length,
+        seed=p.seed,
+    )
+    lens = sorted(lengths)
+    return {
+        "adapter": str(adapter),
+        "rows": len(rows),
+        "rows_used": len(fit),
+        "dropped_too_long": len(rows) - len(fit),
+        "tokens_median": lens[len(lens) // 2] if lens else 0,
+        "tokens_max": lens[-1] if lens else 0,
+    }
+
+
+def _augment(run: Run, folder: Path, adapter: Path, teacher_data: Path) -> dict[str, Any]:
+    from recthinker.train.filtering import self_augment_round
+
+    p = run.preset
+    _, report = self_augment_round(
+        adapter,
+        run.episodes[: p.augment_episodes],
+        run.train_resources,
+        run.bench.items,
+        folder,
+        n_samples=p.augment_samples,
+        temperatures=(p.augment_temperature,),
+        ndcg_threshold=p.ndcg_threshold,
+        per_episode=p.per_episode,
+        workers=p.workers,
+        config=agent_config(p),
+    )
+    result = _sft(run, folder / "sft", [teacher_data, folder / "sft.jsonl"])
+    return {**result, "report": report}
+
+
+def _grpo(run: Run, folder: Path, adapter: Path) -> dict[str, Any]:
+    from recthinker.tools.env import RecEnv
+    from recthinker.train.grpo import grpo_row, run_grpo
+
+    p = run.preset
+    rows = [grpo_row(e, run.bench.items, agent_config(p)) for e in run.episodes[: p.grpo_episodes]]
+    RecEnv.configure(run.train_resources)  # TRL builds RecEnv() without arguments: tools see training data
+    try:
+        out = run_grpo(
+            rows,
+            adapter,
+            folder,
+            RecEnv,
+            max_steps=p.grpo_max_steps,
+            num_generations=p.num_generations,
+            per_device_train_batch_size=p.num_generations,
+            max_completion_length=p.max_completion_length,
+            max_tool_calling_iterations=max(1, p.max_steps - 1),
+            temperature=p.grpo_temperature,
+            learning_rate=p.grpo_learning_rate,
+            seed=p.seed,
+        )
+    finally:
+        RecEnv.configure(None)
+    return {"adapter": str(out), "rows": len(rows)}
+
+
+def _ranker(run: Run, name: str, adapter: Path | None, resources) -> Any:
+    """The ranker evaluated as `name`: an HFChat agent (base or adapter), or a reference."""
+    from recthinker.agent.llm_hf import HFChat
+    from recthinker.agent.rankers import AgentRanker
+
+    p = run.preset
+    if name == "teacher":
+        from recthinker.train.teacher import TeacherRanker
+
+        return TeacherRanker(resources, run.bench.items, run.weights, agent_config(p))
+    chat = HFChat(run.model, adapter_dir=adapter, device=p.device, dtype=p.dtype)
+    kind = name if name in ("zero-shot", "fixed-workflow") else "agent"
+    ranker = AgentRanker(kind, chat, resources, run.bench.items, agent_config(p, kind))
+    ranker.name = name  # the harness folder; `kind` keeps the behaviour
+    return ranker
+
+
+def _evaluate(run: Run, folder: Path, name: str, adapter: Path | None) -> dict[str, Any]:
+    from recthinker.eval.harness import evaluate
+    from recthinker.tools.resources import load_resources
+
+    p = run.preset
+    by_set = {}
+    chat = None
+    for set_name in p.eval_sets:
+        episodes = run.bench.episodes(set_name)
+        episodes = episodes[: p.eval_limit] if p.eval_limit else episodes
+        ranker = _ranker(run, name, adapter, load_resources(run.bench, set_name))
+        if hasattr(ranker, "model"):
+            chat = ranker.model = chat or ranker.model  # one loaded model for every set
+        summary = evaluate([ranker], episodes, folder / set_name.replace("/", "-"), workers=p.workers)
+        by_set[set_name] = summary[name]
+    return {"by_set": by_set}
+
+
+def pooled_metrics(out: Path, name: str, sets: tuple[str, ...], by_set: dict[str, Any]) -> dict[str, Any]:
+    """The contract metrics of model `name` over all its evaluated episodes (rows pooled across sets)."""
+    from recthinker.eval.harness import read_rows, summarize_rows
+
+    rows = [r for s in sets for r in read_rows(out / "eval" / s.replace("/", "-") / name / "episodes.jsonl")]
+    s = summarize_rows(rows)
+    return {
+        "ndcg@10": float(s["ndcg@10"]),
+        "invalid_rate": float(s["invalid_rate"]),
+        "mean_tool_calls": float(s.get("mean_tool_calls", 0.0)),
+        "hr@10": float(s["hr@10"]),
+        "n": int(s["n"]),
+        "mean_tau_vs_signal": s.get("mean_tau_vs_signal"),
+        "by_set": {
+            k: {m: v[m] for m in ("n", "ndcg@10", "hr@10", "invalid_rate") if m in v}
+            for k, v in by_set.items()
+        },
+    }
+
+
+# ---- the pipeline ------------------------------------------------------------------------------------------
+
+
+def run_pipeline(
+    preset: TrainPreset, out: str | Path, *, dataset: str = "ml-1m", model: str | Path | None = None
+) -> dict[str, Any]:
+    """Run (or resume) every stage; write metrics.json, config.json, summary.md, stages.json; return metrics."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if model is None:
+        if preset.device != "cpu":
+            raise ConfigError(f"preset {preset.name!r} needs --model (a local model folder)")
+        from recthinker.train.model import bundled_hf_model
+
+        model = bundled_hf_model()
+    if not Path(model).is_dir():
+        raise ConfigError(f"--model {model}: not a local model folder (transformers format)")
+    if preset.torch_threads:
+        import torch
+
+        torch.set_num_threads(preset.torch_threads)
+    run = Run(out=out, preset=preset, dataset=str(dataset), model=Path(model).resolve())
+    config = {"preset": preset.to_dict(), "dataset": str(dataset), "model": str(run.model)}
+    old = out / "config.json"
+    if old.is_file() and json.loads(old.read_text())["preset"] != json.loads(json.dumps(config["preset"])):
+        log.warning("%s: the preset differs from the earlier run's; finished stages are still reused", out)
+    _write_json(old, config)
+
+    run.stage("teacher", lambda f: _teacher(run, f))
+    rolled = run.stage("rollout", lambda f: _rollout(run, f))
+    filtered = run.stage("filter", lambda f: _filter(run, f, Path(rolled["rollout"])))
+    sft = run.stage("sft", lambda f: _sft(run, f, [Path(filtered["sft_data"])]))
+    adapter = Path(sft["adapter"])
+    augmented = None
+    if preset.augment_rounds > 0:
+        augmented = run.stage("augment", lambda f: _augment(run, f, adapter, Path(filtered["sft_data"])))
+        adapter = Path(augmented["adapter"])
+    grpo_adapter = adapter
+    if preset.grpo_max_steps > 0:
+        grpo_adapter = Path(run.stage("grpo", lambda f: _grpo(run, f, adapter))["adapter"])
+    models: dict[str, Path | None] = {"untrained": None, "sft": adapter, "grpo": grpo_adapter}
+    models.update({r: None for r in preset.references})
+    metrics: dict[str, Any] = {}
+    for name, path in models.items():
+        result = run.stage(f"eval-{name}", lambda f, n=name, a=path: _evaluate(run, f, n, a))
+        metrics[name] = pooled_metrics(out, name, preset.eval_sets, result["by_set"])
+    stages = {
+        m.name.removesuffix(".json"): json.loads(m.read_text()) for m in (out / "stages").glob("*.json")
+    }
+    metrics["filter"] = filtered["report"]
+    metrics["sft_data"] = {k: v for k, v in sft.items() if k != "adapter"}
+    if augmented:
+        metrics["augment"] = augmented["report"]
+    metrics["grpo_trained"] = preset.grpo_max_steps > 0
+    metrics["timings_s"] = {k: v["seconds"] for k, v in sorted(stages.items())}
+    _write_json(out / "metrics.json", metrics)
+    _write_json(out / "stages.json", run.log)
+    (out / "summary.md").write_text(summary_markdown(metrics, config), encoding="utf-8")
+    return metrics
+
+
+def summary_markdown(metrics: dict[str, Any], config: dict[str, Any]) -> str:
+    """A short readable report of one pipeline run."""
+    p = config["preset"]
+    lines = [
+        f"# recthinker train --preset {p['name']}",
+        "",
+        f"Dataset `{config['dataset']}`, model `{config['model']}`; evaluated on "
+        f"{', '.join(p['eval_sets'])} (first {p['eval_limit'] or 'all'} episodes each).",
+        "",
+        "| model | n | NDCG@10 | HR@10 | invalid | tools/ep | tau vs ALS |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in metrics.items():
+        if isinstance(m, dict) and "ndcg@10" in m:
+            tau = m.get("mean_tau_vs_signal")
+            lines.append(
+                f"| {name} | {m['n']} | {m['ndcg@10']:.3f} | {m['hr@10']:.3f} | {100 * m['invalid_rate']:.0f}% "
+                f"| {m['mean_tool_calls']:.2f} | {'-' if tau is None else f'{tau:.2f}'} |"
+            )
+    f = metrics["filter"]
+    lines += [
+        "",
+        "Filter survivors: "
+        + " -> ".join(
+            f"{k} {f[k]}" for k in ("in", "valid", "above_threshold", "per_episode", "deduped", "balanced")
+        ),
+    ]
+    s = metrics["sft_data"]
+    lines += [
+        f"SFT rows: {s['rows_used']} of {s['rows']} (dropped {s['dropped_too_long']} over max_length; median {s['tokens_median']} tokens)"
+    ]
+    if not metrics["grpo_trained"]:
+        lines += ["GRPO skipped (grpo_max_steps=0): the grpo row is the SFT model."]
+    lines += [
+        "",
+        "Stage timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in metrics["timings_s"].items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---- command-line verbs (registered by cli.build_parser through `add_subcommands`) -------------------------
+
+
+def _episodes_and_resources(args: argparse.Namespace):
+    """(benchmark, episodes, resources): training episodes over the training background, or a benchmark set."""
+    from recthinker.data.benchmark import ensure_benchmark
+
+    bench = ensure_benchmark(args.dataset)
+    if args.set:
+        from recthinker.tools.resources import load_resources
+
+        episodes = bench.episodes(args.set)
+        return (
+            bench,
+            episodes[: args.episodes] if args.episodes else episodes,
+            load_resources(bench, args.set),
+        )
+    from recthinker.train.episodes import make_training_episodes, training_resources
+
+    if not args.episodes:
+        raise ConfigError("--episodes N (training episodes) is required without --set")
+    episodes = make_training_episodes(bench, args.episodes, args.seed)
+    return bench, episodes, training_resources(bench, episodes)
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from recthinker.agent.loop import AgentConfig
+    from recthinker.train.rollout import model_policy, rollout, teacher_policy
+
+    bench, episodes, resources = _episodes_and_resources(args)
+    config = AgentConfig(
+        max_steps=args.max_steps, max_tool_calls=args.max_tool_calls, max_tokens=args.max_tokens
+    )
+    if args.policy == "teacher":
+        from recthinker.train.teacher import fit_teacher
+
+        weights = fit_teacher(bench, n_episodes=args.teacher_fit, seed=0)
+        factory = teacher_policy(resources, bench.items, weights, config)
+    else:
+        factory = model_policy(args.policy, resources, bench.items, config)
+    out = rollout(
+        episodes,
+        factory,
+        Path(args.out),
+        n_samples=args.samples,
+        temperatures=args.temperature,
+        workers=args.workers,
+    )
+    print(f"wrote {out} ({len(episodes)} episodes x {args.samples} samples)")
+    return 0
+
+
+def cmd_filter(args: argparse.Namespace) -> int:
+    from recthinker.train.filtering import filter_trajectories, write_sft_dataset
+    from recthinker.train.rollout import read_rollout
+
+    if not Path(args.input).is_file():
+        raise ConfigError(f"--in {args.input}: no such rollout file")
+    kept, report = filter_trajectories(
+        read_rollout(args.input),
+        args.ndcg_threshold,
+        per_episode=args.per_episode,
+        balance=not args.no_balance,
+        balance_ratio=args.balance_ratio,
+        seed=args.seed,
+    )
+    write_sft_dataset(kept, Path(args.out))
+    print(json.dumps(report, indent=2))
+    print(f"wrote {args.out} ({len(kept)} rows)")
+    return 0
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from recthinker.train.sft import run_sft
+
+    if not Path(args.data).is_file():
+        raise ConfigError(f"--data {args.data}: no such SFT dataset")
+    model = _model_dir(args.model)
+    rows = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line]
+    fit, lengths = fitting_rows(rows, model, args.max_length)
+    if not fit:
+        raise RecThinkerError(
+            f"no row of {args.data} fits --max-length {args.max_length} (shortest {min(lengths, default=0)})"
+        )
+    adapter = run_sft(
+        fit,
+        model,
+        Path(args.out),
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        max_steps=args.max_steps,
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum,
+        learning_rate=args.learning_rate,
+        max_length=args.max_length,
+    )
+    print(
+        f"wrote {adapter} ({len(fit)} rows; {len(rows) - len(fit)} longer than {args.max_length} tokens dropped)"
+    )
+    return 0
+
+
+def cmd_grpo(args: argparse.Namespace) -> int:
+    from recthinker.agent.loop import AgentConfig
+    from recthinker.tools.env import RecEnv
+    from recthinker.train.grpo import grpo_row, run_grpo
+
+    args.set = None
+    bench, episodes, resources = _episodes_and_resources(args)
+    if not Path(args.model).is_dir():
+        raise ConfigError(f"--model {args.model}: not a model or adapter folder")
+    config = AgentConfig(max_steps=args.max_steps, max_tool_calls=args.max_tool_calls)
+    RecEnv.configure(resources)
+    try:
+        adapter = run_grpo(
+            [grpo_row(e, bench.items, config) for e in episodes],
+            Path(args.model),
+            Path(args.out),
+            RecEnv,
+            max_steps=args.grpo_steps,
+            num_generations=args.num_generations,
+            per_device_train_batch_size=args.num_generations,
+            max_completion_length=args.max_completion_length,
+            max_tool_calling_iterations=max(1, args.max_steps - 1),
+            learning_rate=args.learning_rate,
+            seed=args.seed,
+        )
+    finally:
+        RecEnv.configure(None)
+    print(f"wrote {adapter}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    preset = with_overrides(PRESETS[args.preset], args.set or [])
+    metrics = run_pipeline(preset, Path(args.out), dataset=args.dataset, model=args.model)
+    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
+    print(json.dumps({k: {m: metrics[k][m] for m in CONTRACT} for k in metrics if k in TRAINED}, indent=2))
+    return 0
+
+
+def _model_dir(model: str | None) -> Path:
+    if model is None:
+        from recthinker.train.model import bundled_hf_model
+
+        return bundled_hf_model()
+    if not Path(model).is_dir():
+        raise ConfigError(f"--model {model}: not a local transformers model folder")
+    return Path(model)
+
+
+def _agent_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--max-steps", type=int, default=4, help="assistant turns per episode, answer included")
+    s.add_argument("--max-tool-calls", type=int, default=4, help="tool-call budget per episode")
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    """Register `rollout`, `filter`, `sft`, `grpo` and `train` on the `recthinker` subparsers."""
+    s = sub.add_parser("rollout", help="sample agent trajectories (teacher or a model) into a JSONL file")
+    s.add_argument(
+        "--policy", required=True, help="teacher | a model/adapter folder | .gguf file | server URL"
+    )
+    s.add_argument("--dataset", default="ml-1m", help="bundled dataset name or prepared benchmark folder")
+    s.add_argument("--episodes", type=int, default=0, help="training episodes to build (or first N of --set)")
+    s.add_argument(
+        "--set", default=None, help="roll out on a benchmark episode set instead (e.g. dense/valid)"
+    )
+    s.add_argument("--samples", type=int, default=1, help="trajectories per episode")
+    s.add_argument(
+        "--temperature", type=float, nargs="+", default=[0.0], help="sample k uses the k-th (cycled)"
+    )
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--max-tokens", type=int, default=384, help="tokens per assistant turn")
+    s.add_argument(
+        "--teacher-fit", type=int, default=1000, help="teacher: training episodes its weights fit on"
+    )
+    s.add_argument("--seed", type=int, default=0, help="training-episode seed")
+    s.add_argument("--out", required=True, help="rollout JSONL (resumed when it exists)")
+    _agent_options(s)
+    s.set_defaults(func=cmd_rollout)
+
+    s = sub.add_parser(
+        "filter", help="keep good trajectories, write the SFT dataset, print survivors per stage"
+    )
+    s.add_argument("--in", dest="input", required=True, help="rollout JSONL")
+    s.add_argument("--out", required=True, help="SFT dataset JSONL ({messages, tools} rows)")
+    s.add_argument("--ndcg-threshold", type=float, default=0.6)
+    s.add_argument("--per-episode", type=int, default=1, help="demonstrations kept per episode")
+    s.add_argument("--no-balance", action="store_true", help="do not balance dense-/sparse-like episodes")
+    s.add_argument("--balance-ratio", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_filter)
+
+    s = sub.add_parser("sft", help="LoRA SFT on an SFT dataset")
+    s.add_argument("--data", required=True, help="SFT dataset JSONL (from `filter`)")
+    s.add_argument("--model", default=None, help="base model folder (default: bundled SmolLM2-135M)")
+    s.add_argument("--out", required=True, help="run folder (adapter/, train_log.jsonl, loss.png)")
+    s.add_argument("--max-steps", type=int, default=-1, help="optimizer steps (-1: --epochs)")
+    s.add_argument("--epochs", type=float, default=1.0)
+    s.add_argument("--batch-size", type=int, default=1)
+    s.add_argument("--grad-accum", type=int, default=4)
+    s.add_argument("--learning-rate", type=float, default=5e-4)
+    s.add_argument("--max-length", type=int, default=2048, help="tokens per row; longer rows are dropped")
+    s.add_argument("--lora-r", type=int, default=16)
+    s.add_argument("--lora-alpha", type=int, default=32)
+    s.set_defaults(func=cmd_sft)
+
+    s = sub.add_parser("grpo", help="GRPO with RecEnv tools from an SFT adapter (or a model folder)")
+    s.add_argument("--model", required=True, help="SFT adapter folder (continued) or model folder (new LoRA)")
+    s.add_argument("--dataset", default="ml-1m")
+    s.add_argument("--episodes", type=int, required=True, help="training episodes used as prompts")
+    s.add_argument("--out", required=True, help="run folder (adapter/, train_log.jsonl, rewards.png)")
+    s.add_argument("--grpo-steps", type=int, default=10, help="optimizer steps")
+    s.add_argument("--num-generations", type=int, default=2, help="completions per prompt (group size)")
+    s.add_argument("--max-completion-length", type=int, default=512, help="tokens, tool results included")
+    s.add_argument("--learning-rate", type=float, default=2e-5)
+    s.add_argument("--seed", type=int, default=0)
+    _agent_options(s)
+    s.set_defaults(func=cmd_grpo)
+
+    s = sub.add_parser("train", help="the whole pipeline: rollouts -> filter -> SFT -> GRPO -> evaluation")
+    s.add_argument("--preset", choices=sorted(PRESETS), required=True)
+    s.add_argument("--out", required=True, help="run folder (resumed: finished stages are skipped)")
+    s.add_argument("--dataset", default="ml-1m", help="bundled dataset name or prepared benchmark folder")
+    s.add_argument("--model", default=None, help="base model folder (default: bundled SmolLM2-135M)")
+    s.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a preset field (see train/presets.py)"
+    )
+    s.set_defaults(func=cmd_train)

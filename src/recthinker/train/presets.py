@@ -1,0 +1,189 @@
+"""Presets of the `recthinker train` pipeline: one dataclass, three named instances, `key=value` overrides.
+
+    preset = with_overrides(PRESETS["smoke"], ["sft_max_steps=2", "eval_limit=3"])
+
+`smoke` checks every stage end to end on ML-1M in under 15 minutes on two idle CPU cores (a tiny slice,
+SmolLM2-135M, a handful of steps: it measures nothing). `cpu` is the under-an-hour CPU recipe (more rows and
+steps, still far from convergence). `gpu` is the recipe for a 1.5B-7B instruct model from a local folder
+(`--model`) on one GPU; rollouts of the trained models can go through a vLLM server instead
+(`recipes/train_gpu.sh`). Rows of this pipeline are long (the seven tool schemas alone are ~800 tokens),
+so the CPU presets train with batch 1 + gradient accumulation and drop rows longer than `max_length`
+rather than truncate them (a truncated demonstration loses its final answer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+from recthinker.errors import ConfigError
+
+
+@dataclass
+class TrainPreset:
+    """Every setting of one `recthinker train` run (written to `DIR/config.json`)."""
+
+    name: str = "custom"  # preset name, for the record
+    seed: int = 0  # training episodes, negatives, sampling and trainer seeds
+    # -- data -------------------------------------------------------------------------------------------
+    n_train_episodes: int = 40  # training episodes (background only, `train.episodes`), one per user
+    teacher_fit_episodes: int = 1000  # training episodes the teacher's signal weights are fitted on (cached)
+    # -- bootstrap rollouts and filtering -----------------------------------------------------------------
+    teacher_samples: int = 1  # teacher trajectories per episode (the teacher is deterministic: 1 suffices)
+    ndcg_threshold: float = 0.6  # keep trajectories with NDCG@10 >= this (0-1)
+    per_episode: int = 1  # demonstrations kept per episode (fewest tool calls first)
+    workers: int = 1  # rollout / evaluation threads
+    # -- agent settings shared by rollouts, GRPO prompts and evaluation ------------------------------------
+    max_steps: int = 4  # assistant turns per episode, answer included
+    max_tool_calls: int = 4  # tool-call budget per episode (the teacher uses 2-4)
+    max_tokens: int = 192  # tokens per assistant turn at inference (teacher turns are ~60-150)
+    n_history: int = 6  # history items shown in the task prompt (training episodes store 6)
+    # -- SFT (LoRA) -------------------------------------------------------------------------------------
+    max_length: int = 4096  # tokens per SFT row; longer rows are dropped, not truncated (SmolLM2: 2.5-3.4k)
+    sft_max_steps: int = 4  # optimizer steps (-1: `sft_epochs` epochs)
+    sft_epochs: float = 1.0  # epochs when sft_max_steps is -1
+    sft_batch_size: int = 1  # rows per device step
+    sft_grad_accum: int = 2  # device steps per optimizer step
+    sft_learning_rate: float = 5e-4  # constant learning rate of the LoRA weights
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
+    # -- self-augmentation (sample with the SFT model, filter, SFT again from its adapter's base) ---------
+    augment_rounds: int = 0  # 0 = skip; 1 = one round
+    augment_samples: int = 2  # samples per episode with the SFT model
+    augment_temperature: float = 0.7  # sampling temperature of those samples
+    augment_episodes: int = 10  # first N training episodes sampled in the round
+    # -- GRPO -------------------------------------------------------------------------------------------
+    grpo_max_steps: int = 1  # optimizer steps (0 = skip GRPO; the "grpo" model is then the SFT model)
+    grpo_episodes: int = 4  # first N training episodes used as GRPO prompts
+    num_generations: int = 2  # group size G (one prompt x G completions per step)
+    max_completion_length: int = 512  # tokens of the whole multi-turn completion, tool results included
+    grpo_learning_rate: float = 2e-5  # constant learning rate
+    grpo_temperature: float = 1.0  # sampling temperature of the group
+    # -- evaluation -------------------------------------------------------------------------------------
+    eval_sets: tuple[str, ...] = ("dense/valid", "sparse/valid")  # benchmark episode sets
+    eval_limit: int = 5  # first N episodes of each set (0 = all)
+    references: tuple[str, ...] = ()  # also evaluate: teacher | zero-shot | fixed-workflow (base model)
+    # -- back end -------------------------------------------------------------------------------------------
+    device: str = "cpu"  # torch device of the evaluated / sampled models ("cuda" on a GPU)
+    dtype: str = "float32"  # their dtype ("bfloat16" on a GPU)
+    torch_threads: int = 0  # torch.set_num_threads (0 = leave torch's default)
+    extra: dict[str, Any] = field(default_factory=dict)  # free notes recorded with the run
+
+    def __post_init__(self) -> None:
+        if self.n_train_episodes < 1 or self.teacher_fit_episodes < 1:
+            raise ConfigError(f"n_train_episodes and teacher_fit_episodes must be >= 1: {self}")
+        if not 0.0 <= self.ndcg_threshold <= 1.0:
+            raise ConfigError(f"ndcg_threshold must be in [0, 1], got {self.ndcg_threshold}")
+        if self.grpo_max_steps > 0 and self.num_generations < 2:
+            raise ConfigError(f"GRPO needs num_generations >= 2, got {self.num_generations}")
+        unknown = set(self.references) - {"teacher", "zero-shot", "fixed-workflow"}
+        if unknown:
+            raise ConfigError(f"unknown references {sorted(unknown)}: use teacher, zero-shot, fixed-workflow")
+        if not self.eval_sets:
+            raise ConfigError("eval_sets must name at least one episode set")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SMOKE = TrainPreset(
+    name="smoke",
+    n_train_episodes=40,
+    sft_max_steps=4,
+    sft_grad_accum=2,
+    grpo_max_steps=1,
+    grpo_episodes=2,
+    num_generations=2,
+    max_completion_length=384,
+    eval_sets=("dense/valid", "sparse/valid"),
+    eval_limit=5,
+)
+
+CPU = TrainPreset(
+    name="cpu",
+    n_train_episodes=200,
+    sft_max_steps=40,
+    sft_grad_accum=4,
+    augment_rounds=0,
+    grpo_max_steps=4,
+    grpo_episodes=8,
+    num_generations=2,
+    max_completion_length=512,
+    eval_sets=("dense/test", "sparse/test"),
+    eval_limit=10,
+    references=("teacher",),
+)
+
+GPU = TrainPreset(
+    name="gpu",
+    n_train_episodes=2000,
+    teacher_samples=1,
+    max_length=4096,
+    max_tokens=384,
+    max_steps=6,
+    max_tool_calls=6,
+    n_history=10,
+    sft_max_steps=-1,
+    sft_epochs=2.0,
+    sft_batch_size=4,
+    sft_grad_accum=4,
+    sft_learning_rate=1e-4,
+    augment_rounds=1,
+    augment_samples=4,
+    augment_episodes=500,
+    grpo_max_steps=200,
+    grpo_episodes=1000,
+    num_generations=8,
+    max_completion_length=2048,
+    grpo_learning_rate=1e-5,
+    eval_sets=("dense/test", "sparse/test"),
+    eval_limit=0,
+    references=("teacher", "zero-shot", "fixed-workflow"),
+    workers=1,
+    device="cuda",
+    dtype="bfloat16",
+)
+
+PRESETS: dict[str, TrainPreset] = {"smoke": SMOKE, "cpu": CPU, "gpu": GPU}
+
+
+def _convert(name: str, kind: Any, text: str) -> Any:
+    origin = getattr(kind, "__origin__", None)
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if kind in (int, float, str):
+            return kind(text)
+        if origin is tuple:
+            return tuple(s for s in (p.strip() for p in text.split(",")) if s)
+    except ValueError as e:
+        raise ConfigError(f"override {name}={text!r}: not a valid {getattr(kind, '__name__', kind)}") from e
+    raise ConfigError(f"override {name}: field of type {kind} cannot be set from the command line")
+
+
+def with_overrides(preset: TrainPreset, overrides: list[str] | dict[str, Any] | None) -> TrainPreset:
+    """A copy of `preset` with `key=value` strings (or a dict of values) applied; unknown keys fail.
+
+    >>> with_overrides(SMOKE, ["sft_max_steps=2", "eval_sets=dense/test,sparse/test"]).eval_sets
+    ('dense/test', 'sparse/test')
+    """
+    if not overrides:
+        return dataclasses.replace(preset)
+    hints = get_type_hints(TrainPreset)
+    values: dict[str, Any] = {}
+    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides)
+    for key, value in items:
+        if key not in hints or key == "extra":
+            raise ConfigError(f"unknown preset field {key!r}; fields: {', '.join(sorted(hints))}")
+        values[key] = _convert(key, hints[key], value) if isinstance(value, str) else value
+    return dataclasses.replace(preset, **values)
+
+
+def _split(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    return key.strip(), value.strip()
