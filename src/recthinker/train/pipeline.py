@@ -204,6 +204,7 @@ def _sft(run: Run, folder: Path, data: list[Path]) -> dict[str, Any]:
         gradient_accumulation_steps=p.sft_grad_accum,
         learning_rate=p.sft_learning_rate,
         max_length=p.max_length,
+        gradient_checkpointing=p.gradient_checkpointing,
         seed=p.seed,
     )
     lens = sorted(lengths)
@@ -258,7 +259,9 @@ def _grpo(run: Run, folder: Path, adapter: Path) -> dict[str, Any]:
             max_tool_calling_iterations=max(1, p.max_steps - 1),
             temperature=p.grpo_temperature,
             learning_rate=p.grpo_learning_rate,
+            gradient_checkpointing=p.gradient_checkpointing,
             seed=p.seed,
+            **({"use_vllm": True, "vllm_mode": p.vllm_mode} if p.use_vllm else {}),
         )
     finally:
         RecEnv.configure(None)

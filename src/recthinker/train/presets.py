@@ -35,9 +35,9 @@ class TrainPreset:
     per_episode: int = 1  # demonstrations kept per episode (fewest tool calls first)
     workers: int = 1  # rollout / evaluation threads
     # -- agent settings shared by rollouts, GRPO prompts and evaluation ------------------------------------
-    max_steps: int = 4  # assistant turns per episode, answer included
+    max_steps: int = 3  # assistant turns per episode, answer included (the teacher needs <= 3)
     max_tool_calls: int = 4  # tool-call budget per episode (the teacher uses 2-4)
-    max_tokens: int = 192  # tokens per assistant turn at inference (teacher turns are ~60-150)
+    max_tokens: int = 256  # tokens per assistant turn at inference (teacher turns: 134-238 SmolLM2 tokens)
     n_history: int = 6  # history items shown in the task prompt (training episodes store 6)
     # -- SFT (LoRA) -------------------------------------------------------------------------------------
     max_length: int = 4096  # tokens per SFT row; longer rows are dropped, not truncated (SmolLM2: 2.5-3.4k)
@@ -60,6 +60,9 @@ class TrainPreset:
     max_completion_length: int = 512  # tokens of the whole multi-turn completion, tool results included
     grpo_learning_rate: float = 2e-5  # constant learning rate
     grpo_temperature: float = 1.0  # sampling temperature of the group
+    use_vllm: bool = False  # GRPO generation through vLLM (TRL `use_vllm`; GPU only)
+    vllm_mode: str = "colocate"  # "colocate" (same process/GPU) | "server" (`trl vllm-serve` on other GPUs)
+    gradient_checkpointing: bool = False  # trade compute for memory in SFT and GRPO (large models)
     # -- evaluation -------------------------------------------------------------------------------------
     eval_sets: tuple[str, ...] = ("dense/valid", "sparse/valid")  # benchmark episode sets
     eval_limit: int = 5  # first N episodes of each set (0 = all)
@@ -80,6 +83,8 @@ class TrainPreset:
         unknown = set(self.references) - {"teacher", "zero-shot", "fixed-workflow"}
         if unknown:
             raise ConfigError(f"unknown references {sorted(unknown)}: use teacher, zero-shot, fixed-workflow")
+        if self.vllm_mode not in ("colocate", "server"):
+            raise ConfigError(f"vllm_mode must be 'colocate' or 'server', got {self.vllm_mode!r}")
         if not self.eval_sets:
             raise ConfigError("eval_sets must name at least one episode set")
 
@@ -91,7 +96,7 @@ SMOKE = TrainPreset(
     name="smoke",
     n_train_episodes=40,
     sft_max_steps=4,
-    sft_grad_accum=2,
+    sft_grad_accum=1,
     grpo_max_steps=1,
     grpo_episodes=2,
     num_generations=2,
@@ -109,7 +114,7 @@ CPU = TrainPreset(
     grpo_max_steps=4,
     grpo_episodes=8,
     num_generations=2,
-    max_completion_length=512,
+    max_completion_length=768,
     eval_sets=("dense/test", "sparse/test"),
     eval_limit=10,
     references=("teacher",),
@@ -141,6 +146,8 @@ GPU = TrainPreset(
     eval_limit=0,
     references=("teacher", "zero-shot", "fixed-workflow"),
     workers=1,
+    use_vllm=True,
+    gradient_checkpointing=True,
     device="cuda",
     dtype="bfloat16",
 )
