@@ -150,3 +150,26 @@ def test_train_pipeline_end_to_end_and_resume(tiny_benchmark, tiny_model: Path, 
     assert all(s["status"] == "skipped" for s in json.loads((out / "stages.json").read_text()))
     assert (out / "sft/adapter/adapter_model.safetensors").stat().st_mtime_ns == mtime
     assert {k: again[k] for k in TRAINED} == {k: metrics[k] for k in TRAINED}
+
+
+def test_rollout_and_filter_verbs(tiny_benchmark, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = str(tiny_benchmark.root)
+    rollout_path, sft_path = tmp_path / "rollout.jsonl", tmp_path / "sft.jsonl"
+    args = parser().parse_args(
+        ["rollout", "--policy", "teacher", "--dataset", root, "--episodes", "6", "--teacher-fit", "6"]
+        + ["--out", str(rollout_path)]
+    )
+    assert args.func(args) == 0
+    rows = [json.loads(line) for line in rollout_path.read_text().splitlines()]
+    assert len(rows) == 6 and all(r["meta"]["split"] == "train" for r in rows)
+    args = parser().parse_args(
+        ["filter", "--in", str(rollout_path), "--out", str(sft_path), "--ndcg-threshold", "0"]
+    )
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(printed[printed.index("{") : printed.rindex("}") + 1])
+    assert report["in"] == 6 and report["balanced"] == len(sft_path.read_text().splitlines()) >= 1
+    assert {"messages", "tools"} <= set(json.loads(sft_path.read_text().splitlines()[0]))
+    args = parser().parse_args(["filter", "--in", str(tmp_path / "missing.jsonl"), "--out", str(sft_path)])
+    with pytest.raises(ConfigError, match="no such rollout file"):
+        args.func(args)
