@@ -176,8 +176,14 @@ def test_invalid_model_output_is_reported_not_fallen_back(res, tiny_benchmark, u
         ({"candidates": CANDS}, 422, "give `user_id`"),
         ({"user_id": "u01", "candidates": CANDS, "max_steps": 0}, 422, "max_steps: Input should be greater"),
         ({"user_id": "u01", "model": "/etc/passwd"}, 422, "model: Extra inputs are not permitted"),
-        ({"user_id": "u01", "candidates": ["../../etc/passwd", "m01"]}, 422, "malformed item id"),
-        ({"user_id": "http://evil.example/x"}, 422, "user_id: String should match pattern"),
+        (
+            {"user_id": "u01", "candidates": ["../../etc/passwd", "m01"]},
+            422,
+            "unknown item id(s) in candidates",
+        ),
+        ({"user_id": "u01", "candidates": ["m01\n", "m02"]}, 422, "malformed item id(s) ['m01\\n']"),
+        ({"user_id": "http://evil.example/x"}, 422, "unknown user_id 'http://evil.example/x'"),
+        ({"user_id": "u" * 201}, 422, "user_id: String should match pattern"),
         ({"user_id": "u01", "propose": 500}, 422, "propose: Input should be less than or equal to 50"),
     ],
 )
@@ -253,6 +259,28 @@ def test_timeout_gives_504_and_stops_the_agent(res, tiny_benchmark, user):
     assert model.calls <= 3  # each cancelled run stopped after its first turn (of up to 4)
 
 
+def test_a_run_queued_for_the_model_stops_at_its_timeout(res, tiny_benchmark, user):
+    """Two runs, one model slot: the one waiting for the model leaves at its deadline without a model call."""
+    gate = threading.Event()
+    model = ScriptedServeModel(gate=gate)
+    body = {"user_id": user, "candidates": CANDS}
+    with make_client(res, tiny_benchmark, model, max_concurrency=2, timeout_s=0.5) as c:
+        results: list = []
+        threads = [
+            threading.Thread(target=lambda: results.append(c.post("/v1/recommend", json=body))) for _ in "ab"
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=5)
+        assert [r.status_code for r in results] == [504, 504]
+        deadline = time.monotonic() + 2
+        while c.get("/healthz").json()["busy"] > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert c.get("/healthz").json()["busy"] == 1 and model.calls == 1  # only the run holding the model
+        gate.set()
+
+
 def test_our_bug_is_a_json_500(res, tiny_benchmark, user):
     with make_client(res, tiny_benchmark, ScriptedServeModel(fail=True)) as c:
         r = c.post("/v1/recommend", json={"user_id": user, "candidates": CANDS})
@@ -274,42 +302,51 @@ def test_sample_users_and_page(client):
 
 # ---- schemathesis over the OpenAPI spec: generated requests, never a 5xx ------------------------------
 
-schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, settings  # noqa: E402
-from schemathesis.checks import (  # noqa: E402
-    content_type_conformance,
-    not_a_server_error,
-    response_schema_conformance,
-    status_code_conformance,
-)
-
-
-@pytest.fixture(scope="module")
-def api_schema(res, tiny_benchmark):
-    app = create_app(
-        res,
-        tiny_benchmark.items,
-        ScriptedServeModel(),
-        config=AgentConfig(max_steps=2, max_tool_calls=1),
-        max_concurrency=64,
+try:
+    import schemathesis
+    from hypothesis import HealthCheck, settings
+    from schemathesis.checks import (
+        content_type_conformance,
+        not_a_server_error,
+        response_schema_conformance,
+        status_code_conformance,
     )
-    return schemathesis.openapi.from_asgi("/openapi.json", app)
+except ImportError:  # the API tests above still run
+    schemathesis = None
 
+if schemathesis is None:
 
-schema = schemathesis.pytest.from_fixture("api_schema")
+    @pytest.mark.skip(reason="needs schemathesis")
+    def test_openapi_fuzz_never_5xx():
+        pass
 
+else:
 
-@schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-def test_openapi_fuzz_never_5xx(case):
-    response = case.call()
-    assert response.status_code < 500, (case.method, case.path, case.body, response.text[:300])
-    case.validate_response(
-        response,
-        checks=[
-            not_a_server_error,
-            status_code_conformance,
-            content_type_conformance,
-            response_schema_conformance,
-        ],
-    )
+    @pytest.fixture(scope="module")
+    def api_schema(res, tiny_benchmark):
+        app = create_app(
+            res,
+            tiny_benchmark.items,
+            ScriptedServeModel(),
+            config=AgentConfig(max_steps=2, max_tool_calls=1),
+            max_concurrency=64,
+        )
+        return schemathesis.openapi.from_asgi("/openapi.json", app)
+
+    schema = schemathesis.pytest.from_fixture("api_schema")
+
+    @schema.parametrize()
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    def test_openapi_fuzz_never_5xx(case):
+        """Generated and example requests for every operation: never a 5xx, responses match the spec."""
+        response = case.call()
+        assert response.status_code < 500, (case.method, case.path, case.body, response.text[:300])
+        case.validate_response(
+            response,
+            checks=[
+                not_a_server_error,
+                status_code_conformance,
+                content_type_conformance,
+                response_schema_conformance,
+            ],
+        )

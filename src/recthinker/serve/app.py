@@ -73,16 +73,23 @@ class Cancelled(Exception):
 
 
 class _CancellableModel:
-    """The shared model, with a check before each call so an abandoned run ends at the next turn."""
+    """The shared model behind a gate of `model_slots` calls at once; a run waiting at the gate, or between
+    turns, stops as soon as its request is cancelled (it never holds the model for a client that left)."""
 
-    def __init__(self, model: ChatModel, cancel: threading.Event) -> None:
-        self.model, self.cancel = model, cancel
+    def __init__(self, model: ChatModel, gate: threading.Semaphore, cancel: threading.Event) -> None:
+        self.model, self.gate, self.cancel = model, gate, cancel
         self.name = getattr(model, "name", type(model).__name__)
 
     def generate(self, messages, **options):
-        if self.cancel.is_set():
-            raise Cancelled
-        return self.model.generate(messages, **options)
+        while not self.gate.acquire(timeout=0.1):
+            if self.cancel.is_set():
+                raise Cancelled
+        try:
+            if self.cancel.is_set():
+                raise Cancelled
+            return self.model.generate(messages, **options)
+        finally:
+            self.gate.release()
 
 
 class _Job:
@@ -149,18 +156,20 @@ class Service:
         max_concurrency: int,
         timeout_s: float,
         retry_after_s: int,
+        model_slots: int,
         sample_users: Sequence[str] | None,
         seed: int,
     ) -> None:
-        if max_concurrency < 1 or timeout_s <= 0 or retry_after_s < 1:
+        if max_concurrency < 1 or timeout_s <= 0 or retry_after_s < 1 or model_slots < 1:
             raise ValueError(
-                f"max_concurrency >= 1, timeout_s > 0 and retry_after_s >= 1 required: "
-                f"{max_concurrency}, {timeout_s}, {retry_after_s}"
+                f"max_concurrency >= 1, timeout_s > 0, retry_after_s >= 1 and model_slots >= 1 required: "
+                f"{max_concurrency}, {timeout_s}, {retry_after_s}, {model_slots}"
             )
         self.resources, self.items, self.model, self.config = resources, items, model, config
         self.max_concurrency, self.timeout_s, self.retry_after_s = max_concurrency, timeout_s, retry_after_s
         self.seed = seed
         self.slots = threading.BoundedSemaphore(max_concurrency)
+        self.model_gate = threading.Semaphore(model_slots)
         self.busy = 0
         self._busy_lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="recthinker-serve")
@@ -263,7 +272,7 @@ class Service:
         last: tuple[str, dict[str, Any]] | None = None
         try:
             agent = RecThinker(
-                _CancellableModel(self.model, job.cancel),
+                _CancellableModel(self.model, self.model_gate, job.cancel),
                 RecEnv(self.resources),
                 items=self.items,
                 config=cfg,
@@ -334,6 +343,7 @@ def create_app(
     max_concurrency: int = 4,
     timeout_s: float = 300.0,
     retry_after_s: int = 10,
+    model_slots: int = 1,
     sample_users: Sequence[str] | None = None,
     dataset: str = "",
     seed: int = 42,
@@ -348,6 +358,8 @@ def create_app(
         max_concurrency: Agent runs at once; more requests get 503 + Retry-After.
         timeout_s: Wall-clock limit per request (504 past it).
         retry_after_s: The `Retry-After` value of a 503, in seconds.
+        model_slots: Model calls at once: 1 for the in-process llama.cpp (it runs one at a time anyway),
+            the server's slot count for an OpenAI-compatible server. Waiting runs stay cancellable.
         sample_users: User ids offered by `/v1/sample-users` (default: the first 8 with >= 5 items).
         dataset: Name shown by `/healthz`.
         seed: Seed of candidate proposal.
@@ -360,6 +372,7 @@ def create_app(
         max_concurrency=max_concurrency,
         timeout_s=timeout_s,
         retry_after_s=retry_after_s,
+        model_slots=model_slots,
         sample_users=sample_users,
         seed=seed,
     )
@@ -518,6 +531,7 @@ def main(
         config=default_config("agent", chat),
         max_concurrency=max_concurrency,
         timeout_s=timeout_s,
+        model_slots=max_concurrency if model and model.startswith(("http://", "https://")) else 1,
         sample_users=samples,
         dataset=str(bench.manifest.get("dataset", dataset)),
     )

@@ -15,9 +15,7 @@ MAX_CANDIDATES = 50  # candidates per request (given or proposed)
 MAX_HISTORY = 200  # items in an explicit history
 MAX_STEPS = 10  # upper bound on a request's max_steps
 MAX_TOOL_CALLS = 10  # upper bound on a request's max_tool_calls
-ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,64}$"  # user and item ids: short tokens, no spaces or slashes
-
-ItemIdField = Field(pattern=ID_PATTERN)
+ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,200}$"  # ids: 1-200 printable characters (ML-1M item ids are titles)
 
 
 class RecommendRequest(BaseModel):
@@ -60,7 +58,9 @@ class RecommendRequest(BaseModel):
             return ids
         bad = [i for i in ids if not re.fullmatch(ID_PATTERN, i)]
         if bad:
-            raise ValueError(f"malformed item id(s) {bad[:3]}: ids are 1-64 letters, digits or _.:-")
+            raise ValueError(
+                f"malformed item id(s) {bad[:3]}: ids are 1-200 characters, no control characters"
+            )
         return ids
 
     @field_validator("candidates")

@@ -22,8 +22,11 @@ function setStatus(text, isError = false) {
   $("status").className = "status" + (isError ? " error" : "");
 }
 
-function label(id) {
-  return items[id] ? items[id].line : id;
+function itemNode(tag, it) {
+  // the id in small print, unless it is the title itself (ML-1M item ids are titles)
+  const node = el(tag, {}, it.line);
+  if (it.id !== it.title) node.append(el("span", { class: "id" }, it.id));
+  return node;
 }
 
 async function loadHealth() {
@@ -63,7 +66,7 @@ function selectUser(userId, button) {
 }
 
 function ids(text) {
-  return text.split(/[\s,;]+/).map((s) => s.trim()).filter(Boolean);
+  return text.split("\n").map((s) => s.trim()).filter(Boolean); // ids may hold spaces and commas (ML-1M: titles)
 }
 
 function num(id) {
@@ -109,9 +112,9 @@ const handlers = {
   start(d) {
     for (const it of [...d.history, ...d.candidates]) items[it.id] = it;
     $("history-total").textContent = `(last ${d.history.length} of ${d.history_total})`;
-    for (const it of d.history) $("history-list").append(el("li", {}, it.line, el("span", { class: "id" }, it.id)));
+    for (const it of d.history) $("history-list").append(itemNode("li", it));
     $("proposed").textContent = d.candidates_proposed ? "(proposed by the collaborative tools)" : "(given)";
-    for (const it of d.candidates) $("candidate-list").append(el("li", {}, it.line, el("span", { class: "id" }, it.id)));
+    for (const it of d.candidates) $("candidate-list").append(itemNode("li", it));
     $("context").classList.remove("hidden");
     $("investigation").classList.remove("hidden");
     setStatus(`Running: up to ${d.max_steps} turns and ${d.max_tool_calls} tool calls with ${d.model}…`);
@@ -162,7 +165,7 @@ function showResult(d) {
   d.ranking.forEach((id, r) => {
     const ev = d.evidence[id];
     const evText = ev ? Object.entries(ev).map(([k, v]) => `${k} ${v}`).join(" · ") : "";
-    tbody.append(el("tr", {}, el("td", {}, r + 1), el("td", {}, label(id), el("span", { class: "id" }, id)), el("td", { class: "ev" }, evText)));
+    tbody.append(el("tr", {}, el("td", {}, r + 1), itemNode("td", items[id] || { id, title: id, line: id }), el("td", { class: "ev" }, evText)));
   });
   const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
   $("summary").textContent = `${plural(d.tool_calls, "tool call")} · ${plural(d.trajectory.length, "turn")} · model ${d.model}`;
