@@ -197,10 +197,10 @@ def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
         calls = [_count(r["tool_calls"]) for r in with_tools]
         errors = sum(_count(r.get("tool_errors", 0)) for r in with_tools)
         out["mean_tool_calls"] = float(np.mean(calls))
+        out["tool_error_rate"] = errors / sum(calls) if sum(calls) else 0.0
     taus = [float(r["tau_vs_signal"]) for r in rows if r.get("tau_vs_signal") is not None]
     if taus:  # Kendall tau between the ranking and the strongest tool signal (LLM rankers): evidence use
         out["mean_tau_vs_signal"] = float(np.mean(taus))
-        out["tool_error_rate"] = errors / sum(calls) if sum(calls) else 0.0
     return out
 
 
