@@ -44,10 +44,17 @@ def fixed_workflow_calls(episode: Episode, items) -> list[tuple[str, dict[str, A
 
 
 def default_config(kind: str, model: ChatModel) -> AgentConfig:
-    """Grammar-constrained turns for in-process llama.cpp (small models need them), free text elsewhere."""
+    """Settings per ranker kind and back end.
+
+    Grammar-constrained turns for in-process llama.cpp (small models need them), free text elsewhere. The
+    passive baselines get one answer turn plus one correction (LLMRank asks once).
+    """
     from recthinker.agent.llm import LlamaCpp
 
-    return AgentConfig(mode="agent" if kind == "agent" else kind, constrained=isinstance(model, LlamaCpp))
+    constrained = isinstance(model, LlamaCpp)
+    if kind == "agent":
+        return AgentConfig(mode="agent", constrained=constrained)
+    return AgentConfig(mode=kind, constrained=constrained, max_steps=2)
 
 
 class AgentRanker:
