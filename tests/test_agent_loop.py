@@ -260,3 +260,51 @@ def test_context_overflow_ends_episode_invalid():
     assert not traj.valid and traj.note == "context window exceeded before an answer" and len(traj.steps) == 1
     assert is_context_overflow("This model's maximum context length is 8192 tokens")
     assert not is_context_overflow("HTTP 400: bad request")
+
+
+def test_evidence_answer_form_builds_permutation_from_called_tools():
+    import numpy as np
+
+    class SignalEnv(FakeEnv):
+        def tool_schemas(self):
+            return [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": n,
+                        "description": "d",
+                        "parameters": {"type": "object", "properties": {}},
+                    },
+                }
+                for n in ("cf_scores", "item_relations")
+            ]
+
+        def call(self, name, arguments):
+            self.calls.append((name, arguments))
+            return Obs(f"{name} ok")
+
+        def signals(self, models=()):
+            return {
+                "cf_als": np.array([3.0, 1.0, 2.0]),
+                "item_relations": np.array([0.0, 5.0, 1.0]),
+                "popularity": np.zeros(3),
+                "similar_users": np.zeros(3),
+                "genre_match": np.zeros(3),
+            }
+
+    config = AgentConfig(answer_form="evidence")
+    # no evidence yet: the answer is refused with a problem the model sees
+    model = ScriptedModel(
+        [
+            "<answer>promote [2]; demote</answer>",
+            call("cf_scores", model="als"),
+            "<answer>promote [2]; demote [1]</answer>",
+        ]
+    )
+    traj = RecThinker(model, SignalEnv(), config=config).run(EPISODE)
+    assert "needs evidence" in traj.steps[0].problems[-1]
+    # cf_als order is a, c, b; promote [2]=b to the top, demote [1]=a to the bottom
+    assert traj.valid and traj.ranking == ["b", "c", "a"]
+    assert "promote [3] [7]; demote [2]" in model.seen[0][0]["content"]
+    with pytest.raises(Exception, match="needs the agent mode"):
+        RecThinker(ScriptedModel([]), None, config=AgentConfig(mode="zero-shot", answer_form="evidence"))

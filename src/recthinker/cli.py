@@ -19,7 +19,7 @@ from recthinker.errors import RecThinkerError
 log = logging.getLogger("recthinker")
 
 CLASSIC_RANKERS = ("random", "pop", "itemknn", "ease", "als", "bpr", "sasrec")
-LLM_RANKERS = ("agent", "zero-shot", "fixed-workflow", "pointwise", "pointwise-evidence")
+LLM_RANKERS = ("agent", "agent-evidence", "zero-shot", "fixed-workflow", "pointwise", "pointwise-evidence")
 OTHER_RANKERS = (
     "teacher",
 )  # the bootstrap teacher: a scripted policy over the real tools (train/teacher.py)

@@ -23,6 +23,7 @@ def turn_grammar(
     allow_tools: bool = True,
     analyze_chars: int = 200,
     plan_chars: int = 120,
+    evidence_answer: bool = False,
 ) -> str:
     """The grammar of one agent turn.
 
@@ -39,7 +40,11 @@ def turn_grammar(
         f'root ::= "<analyze>" analyze "</analyze>\\n<plan>" plan "</plan>\\n" {action}',
         f"analyze ::= [^<\\n]{{1,{analyze_chars}}}",
         f"plan ::= [^<\\n]{{1,{plan_chars}}}",
-        f'answer ::= "<answer>" lab{rest} "</answer>"',
+        (
+            'answer ::= "<answer>promote" (" " lab){0,3} "; demote" (" " lab){0,3} "</answer>"'
+            if evidence_answer
+            else f'answer ::= "<answer>" lab{rest} "</answer>"'
+        ),
         f'lab ::= "[" ({labels}) "]"',
     ]
     if allow_tools and tool_names:

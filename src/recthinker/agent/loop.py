@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from recthinker.agent.evidence import evidence_ranking, evidence_signals
 from recthinker.agent.grammar import turn_grammar
 from recthinker.agent.llm import ChatModel, ContextOverflowError
 from recthinker.agent.parse import parse_ranking, parse_turn
@@ -48,6 +49,8 @@ class ToolEnv(Protocol):
 
     def tool_schemas(self) -> list[dict[str, Any]]: ...
 
+    def signals(self, models: tuple[str, ...] = ()) -> dict[str, Any]: ...  # for the evidence answer form
+
 
 @dataclass
 class AgentConfig:
@@ -64,6 +67,7 @@ class AgentConfig:
     max_tokens: int = 384  # per assistant turn
     seed: int = 0  # sampling seed passed to the back end
     constrained: bool = False  # GBNF-constrained turns (llama.cpp back ends): well-formed tags and calls
+    answer_form: str = "ranking"  # ranking: a full permutation; evidence: promote/demote over the evidence
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -73,6 +77,19 @@ class AgentConfig:
         if self.max_steps < 1 or self.max_tool_calls < 0 or self.max_tokens < 8:
             raise ConfigError(f"max_steps >= 1, max_tool_calls >= 0 and max_tokens >= 8 required: {self}")
 
+
+ANSWER_FORMS = {  # answer form -> (how to answer, the rule about it) in the system prompt
+    "ranking": (
+        'all {n} candidate labels, best first, separated by " > ":\n<answer>[3] > [1] > [7] > ...</answer>',
+        "the answer must list every candidate label exactly once.",
+    ),
+    "evidence": (
+        "say which candidates the evidence understates or overstates:\n<answer>promote [3] [7]; demote [2]</answer>\n"
+        "The candidates are then ordered by the evidence your tool calls returned (cf_scores, item_relations, "
+        "similar_users, ...), promoted ones first, demoted ones last.",
+        "call at least one evidence tool before you answer; promote or demote at most 3 candidates each.",
+    ),
+}
 
 INSTRUCTIONS = {
     "agent": "Investigate with the tools until the evidence suffices, then rank all candidates.",
@@ -104,6 +121,14 @@ class RecThinker:
         self.fixed_workflow = list(fixed_workflow)  # (tool, arguments) for the fixed-workflow baseline
         if self.config.mode != "zero-shot" and env is None:
             raise ConfigError(f"mode {self.config.mode!r} needs a tool environment")
+        if self.config.answer_form not in ANSWER_FORMS:
+            raise ConfigError(
+                f"answer_form must be one of {tuple(ANSWER_FORMS)}, got {self.config.answer_form!r}"
+            )
+        if self.config.answer_form == "evidence" and self.config.mode != "agent":
+            raise ConfigError(
+                "the evidence answer form needs the agent mode (it builds on the agent's tool calls)"
+            )
         if self.config.mode == "fixed-workflow" and not self.fixed_workflow:
             raise ConfigError("fixed-workflow mode needs the list of (tool, arguments) to call")
 
@@ -176,7 +201,17 @@ class RecThinker:
         cfg = self.config
         if cfg.mode != "agent":
             return template("zero_shot").format(n_candidates=n_candidates).strip()
-        text = template("system").format(n_candidates=n_candidates, max_tool_calls=cfg.max_tool_calls).strip()
+        how, rule = ANSWER_FORMS[cfg.answer_form]
+        text = (
+            template("system")
+            .format(
+                n_candidates=n_candidates,
+                max_tool_calls=cfg.max_tool_calls,
+                answer_format=how.format(n=n_candidates),
+                answer_rule=rule,
+            )
+            .strip()
+        )
         if cfg.tool_mode == "prompt":
             text += "\n" + tools_block(tools).rstrip()  # exactly what the Qwen2.5 tool template writes
         return text
@@ -189,7 +224,10 @@ class RecThinker:
         if cfg.constrained:
             names = [t["function"]["name"] for t in tools]
             options["grammar"] = turn_grammar(
-                names, len(traj.candidates), allow_tools=allow_tools and cfg.mode == "agent"
+                names,
+                len(traj.candidates),
+                allow_tools=allow_tools and cfg.mode == "agent",
+                evidence_answer=cfg.answer_form == "evidence",
             )
         result = self.model.generate(
             messages,
@@ -213,7 +251,7 @@ class RecThinker:
         )
         assistant: dict[str, Any] = {"role": "assistant", "content": turn.content}
         if turn.answer is not None:
-            parsed = parse_ranking(turn.answer, traj.candidates)
+            parsed = self._parse_answer(traj, turn.answer)
             step.problems = list(parsed.problems)
             if parsed.valid:
                 traj.ranking, traj.valid = list(parsed.items), True
@@ -247,6 +285,14 @@ class RecThinker:
             )
         traj.messages.append(assistant)
         return step
+
+    def _parse_answer(self, traj: Trajectory, answer: str):
+        if self.config.answer_form == "ranking":
+            return parse_ranking(answer, traj.candidates)
+        keys = evidence_signals([(c.name, c.arguments) for c in traj.tool_calls if c.ok])
+        models = tuple(k.removeprefix("cf_") for k in keys if k.startswith("cf_"))
+        signals = self.env.signals(models) if keys else {}
+        return evidence_ranking(answer, traj.candidates, signals, keys)
 
     def _act(self, traj: Trajectory, step: Step, budget: int) -> int:
         """Run the step's tool calls against the environment; return the budget left."""

@@ -54,6 +54,8 @@ def default_config(kind: str, model: ChatModel) -> AgentConfig:
     constrained = isinstance(model, LlamaCpp)
     if kind == "agent":
         return AgentConfig(mode="agent", constrained=constrained)
+    if kind == "agent-evidence":  # answer form (c): promote/demote over the gathered evidence
+        return AgentConfig(mode="agent", constrained=constrained, answer_form="evidence")
     return AgentConfig(mode=kind, constrained=constrained, max_steps=2)
 
 
@@ -77,7 +79,7 @@ class AgentRanker:
     def _agent(self) -> tuple[RecThinker, Any]:
         if not hasattr(self._local, "agent"):
             env = self._env_cls(self.resources)
-            tools_env = None if self.kind == "zero-shot" else env
+            tools_env = None if self.config.mode == "zero-shot" else env
             self._local.env = env
             self._local.agent = RecThinker(
                 self.model,
@@ -109,7 +111,14 @@ def make_llm_ranker(
     """An LLM ranker of `kind` (agent | zero-shot | fixed-workflow) for episodes of `episode_set`."""
     from recthinker.tools.resources import load_resources
 
-    if kind not in ("agent", "zero-shot", "fixed-workflow", "pointwise", "pointwise-evidence"):
+    if kind not in (
+        "agent",
+        "agent-evidence",
+        "zero-shot",
+        "fixed-workflow",
+        "pointwise",
+        "pointwise-evidence",
+    ):
         raise ConfigError(f"unknown LLM ranker {kind!r}")
     resources = load_resources(bench, episode_set, seed=seed)
     chat = load_chat_model(model)

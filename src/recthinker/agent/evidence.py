@@ -1,0 +1,115 @@
+"""Answer form (c): the model weighs the evidence and promotes or demotes named candidates; the
+environment turns that into the full permutation.
+
+    <answer>promote [3] [7]; demote [2]</answer>
+
+The base order is the evidence the agent itself gathered in this episode: the z-scored signals of the tools
+it called (cf_scores -> that model's scores, item_relations -> relation strength, similar_users -> how many
+similar users chose each candidate, user_profile / user_history -> genre match, item_info -> popularity),
+summed with equal weights. Promoted candidates then move to the top in the order named, demoted ones to the
+bottom. No evidence tool called means no base order: the answer is invalid (never a fallback to candidate
+order or to a signal the agent did not ask for).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from recthinker.agent.parse import ParsedRanking
+
+_SECTION_RE = re.compile(r"(promote|demote)\s*:?\s*((?:\[\s*\d{1,4}\s*\][\s,]*)*)", re.IGNORECASE)
+_LABEL_RE = re.compile(r"\[\s*(\d{1,4})\s*\]")
+
+TOOL_SIGNALS = {  # tool -> the signal (key of RecEnv.signals) whose evidence it shows the model
+    "item_relations": "item_relations",
+    "similar_users": "similar_users",
+    "user_profile": "genre_match",
+    "user_history": "genre_match",
+    "item_info": "popularity",
+}
+
+
+def evidence_signals(calls: Sequence[tuple[str, Mapping[str, Any] | str]]) -> list[str]:
+    """The signals the agent's successful tool calls revealed, in first-seen order.
+
+    >>> evidence_signals([("cf_scores", {"model": "als"}), ("item_relations", {}), ("search_items", {})])
+    ['cf_als', 'item_relations']
+    """
+    out: list[str] = []
+    for name, args in calls:
+        if name == "cf_scores":
+            if isinstance(args, str):
+                try:
+                    args = json.loads(args)
+                except json.JSONDecodeError:
+                    args = {}
+            model = args.get("model", "als") if isinstance(args, Mapping) else "als"
+            key = f"cf_{model}"
+        else:
+            key = TOOL_SIGNALS.get(name, "")
+        if key and key not in out:
+            out.append(key)
+    return out
+
+
+def base_order(signals: Mapping[str, np.ndarray], keys: Sequence[str]) -> np.ndarray:
+    """Candidate indices by the equal-weight sum of the z-scored `keys` signals (descending, stable).
+
+    >>> base_order({"a": np.array([1.0, 3.0, 2.0]), "b": np.array([0.0, 0.0, 9.0])}, ["a"]).tolist()
+    [1, 2, 0]
+    """
+    total = np.zeros(len(next(iter(signals.values()))))
+    for k in keys:
+        v = np.asarray(signals[k], dtype=float)
+        v = np.where(np.isfinite(v), v, np.nan)
+        v = np.nan_to_num(v, nan=np.nanmin(v) if np.isfinite(v).any() else 0.0)
+        sd = v.std()
+        total += (v - v.mean()) / sd if sd > 0 else 0.0
+    return np.argsort(-total, kind="stable")
+
+
+def parse_evidence_answer(text: str | None, n: int) -> tuple[list[int], list[int], list[str]]:
+    """(promoted, demoted, problems) as 0-based candidate positions.
+
+    >>> parse_evidence_answer("promote [3] [1]; demote [2]", 4)
+    ([2, 0], [1], [])
+    >>> parse_evidence_answer("promote [3]; demote [3]", 4)[2]
+    ['[3] is both promoted and demoted']
+    """
+    if text is None or not _SECTION_RE.search(text or ""):
+        return [], [], ['no "promote [..]; demote [..]" answer']
+    promoted: list[int] = []
+    demoted: list[int] = []
+    problems: list[str] = []
+    for m in _SECTION_RE.finditer(text):
+        target = promoted if m.group(1).lower() == "promote" else demoted
+        for raw in _LABEL_RE.findall(m.group(2)):
+            k = int(raw)
+            if not 1 <= k <= n:
+                problems.append(f"label [{k}] is not a candidate (use [1]..[{n}])")
+            elif k - 1 not in target:
+                target.append(k - 1)
+    for k in set(promoted) & set(demoted):
+        problems.append(f"[{k + 1}] is both promoted and demoted")
+    return promoted, demoted, problems
+
+
+def evidence_ranking(
+    text: str | None, candidates: Sequence[str], signals: Mapping[str, np.ndarray], keys: Sequence[str]
+) -> ParsedRanking:
+    """The permutation an evidence answer stands for (invalid, with problems, when it cannot be built)."""
+    promoted, demoted, problems = parse_evidence_answer(text, len(candidates))
+    if not keys:
+        problems.append(
+            "an evidence answer needs evidence: call cf_scores, item_relations or similar_users first"
+        )
+    if problems:
+        return ParsedRanking(items=(), problems=problems)
+    middle = [int(i) for i in base_order(signals, keys) if i not in promoted and i not in demoted]
+    order = promoted + middle + [i for i in base_order(signals, keys) if i in demoted]
+    return ParsedRanking(items=tuple(candidates[i] for i in order))
