@@ -28,6 +28,14 @@ from recthinker.types import Episode, Ranking
 SIGNAL = "cf_als"  # the strongest single tool signal on ML-1M (see benchmarks/bench_tools.py)
 
 
+def tau_vs_signal(env, episode: Episode, ranking) -> float:
+    """Kendall tau between `ranking` and the candidates' order under the strongest single tool signal."""
+    env.reset_episode(episode)
+    signal = env.signals((SIGNAL.removeprefix("cf_"),))[SIGNAL]
+    order = [episode.candidates[i] for i in np.argsort(-signal, kind="stable")]
+    return kendall_tau(list(ranking), order)
+
+
 def fixed_workflow_calls(episode: Episode, items) -> list[tuple[str, dict[str, Any]]]:
     """Every tool once, in a fixed order, with arguments chosen without a model."""
     cats = Counter(c for i in episode.history if i in items.index for c in items.loc[i, "categories"])
@@ -98,10 +106,7 @@ class AgentRanker:
         traj = agent.run(episode)
         info: dict[str, Any] = {**traj.summary(), "trajectory": traj.to_dict()}
         if traj.valid:
-            env.reset_episode(episode)
-            signal = env.signals((SIGNAL.removeprefix("cf_"),))[SIGNAL]
-            order = [episode.candidates[i] for i in np.argsort(-signal, kind="stable")]
-            info["tau_vs_signal"] = kendall_tau(traj.ranking, order)
+            info["tau_vs_signal"] = tau_vs_signal(env, episode, traj.ranking)
         return Ranking(items=tuple(traj.ranking), valid=traj.valid, note=traj.note, info=info)
 
 
@@ -147,9 +152,5 @@ class SignalTau:
             return ranking
         if not hasattr(self._local, "env"):
             self._local.env = self._env_cls(self._resources)
-        env = self._local.env
-        env.reset_episode(episode)
-        signal = env.signals((SIGNAL.removeprefix("cf_"),))[SIGNAL]
-        order = [episode.candidates[i] for i in np.argsort(-signal, kind="stable")]
-        info = {**ranking.info, "tau_vs_signal": kendall_tau(list(ranking.items), order)}
+        info = {**ranking.info, "tau_vs_signal": tau_vs_signal(self._local.env, episode, ranking.items)}
         return Ranking(items=ranking.items, valid=True, note=ranking.note, info=info)
