@@ -69,16 +69,19 @@ def run_suite(
 
 
 def results_markdown(results: dict[str, dict[str, dict]]) -> str:
-    """A compact NDCG@10 / HR@10 matrix (rankers x sets) followed by one full table per set."""
+    """A compact NDCG@10 / HR@5 matrix (rankers x sets) followed by one full table per set.
+
+    HR@5 rather than HR@10: with 1 + 9 candidates every ranker has HR@10 = 1.
+    """
     sets = list(results)
     rankers = list(dict.fromkeys(r for s in sets for r in results[s]))
-    head = "| ranker | " + " | ".join(f"{s} NDCG@10 | {s} HR@10" for s in sets) + " |"
+    head = "| ranker | " + " | ".join(f"{s} NDCG@10 | {s} HR@5" for s in sets) + " |"
     lines = [head, "|" + "---|" * (1 + 2 * len(sets))]
     for r in rankers:
         cells = []
         for s in sets:
             st = results[s].get(r)
-            cells += ["–", "–"] if st is None else [f"{st['ndcg@10']:.3f}", f"{st['hr@10']:.3f}"]
+            cells += ["–", "–"] if st is None else [f"{st['ndcg@10']:.3f}", f"{st['hr@5']:.3f}"]
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
     parts = ["\n".join(lines) + "\n"]
     for s in sets:
