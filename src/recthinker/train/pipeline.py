@@ -207,6 +207,7 @@ def _sft(run: Run, folder: Path, data: list[Path]) -> dict[str, Any]:
         gradient_checkpointing=p.gradient_checkpointing,
         seed=p.seed,
     )
+    _free_accelerator()
     lens = sorted(lengths)
     return {
         "adapter": str(adapter),
@@ -265,7 +266,19 @@ def _grpo(run: Run, folder: Path, adapter: Path) -> dict[str, Any]:
         )
     finally:
         RecEnv.configure(None)
+        _free_accelerator()
     return {"adapter": str(out), "rows": len(rows)}
+
+
+def _free_accelerator() -> None:
+    """Drop the finished trainer's GPU memory (a colocated vLLM engine included) before the next stage."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _ranker(run: Run, name: str, adapter: Path | None, resources) -> Any:
