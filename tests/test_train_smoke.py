@@ -12,7 +12,8 @@ pytest.importorskip("trl")
 pytest.importorskip("peft")
 
 from recthinker.agent.llm import parse_hermes_tool_calls  # noqa: E402
-from recthinker.agent.prompting import render_for_prompt_mode, template, tools_block  # noqa: E402
+from recthinker.agent.loop import AgentConfig, system_prompt  # noqa: E402
+from recthinker.agent.prompting import render_for_prompt_mode  # noqa: E402
 from recthinker.agent.trajectory import Trajectory  # noqa: E402
 from recthinker.train.grpo import grpo_row, run_grpo  # noqa: E402
 from recthinker.train.model import tiny_test_model  # noqa: E402
@@ -50,7 +51,7 @@ ANSWER = "<analyze>b</analyze><plan>q</plan><answer>[2] > [1] > [3]</answer>"
 
 def trajectory(name: str = "user_history", arguments: str = '{"k": 5}') -> Trajectory:
     """A prompt-mode agent trajectory as the loop records it (JSON-string arguments, tools in the system)."""
-    system = template("system").format(n_candidates=3, max_tool_calls=2).strip() + "\n" + tools_block(TOOLS)
+    system = system_prompt(AgentConfig(max_tool_calls=2), 3, TOOLS)
     call = {"id": "c0", "type": "function", "function": {"name": name, "arguments": arguments}}
     return Trajectory(
         episode_id="u1/test",

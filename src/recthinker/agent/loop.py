@@ -98,6 +98,29 @@ INSTRUCTIONS = {
 }
 
 
+def system_prompt(cfg: AgentConfig, n_candidates: int, tools: list[dict[str, Any]] | None = None) -> str:
+    """The system message: the protocol, the answer form and -- in prompt mode, given `tools` -- the tools block.
+
+    Without `tools` (native mode, GRPO prompts) the chat template adds the tools block itself.
+    """
+    if cfg.mode != "agent":
+        return template("zero_shot").format(n_candidates=n_candidates).strip()
+    how, rule = ANSWER_FORMS[cfg.answer_form]
+    text = (
+        template("system")
+        .format(
+            n_candidates=n_candidates,
+            max_tool_calls=cfg.max_tool_calls,
+            answer_format=how.format(n=n_candidates),
+            answer_rule=rule,
+        )
+        .strip()
+    )
+    if tools and cfg.tool_mode == "prompt":
+        text += "\n" + tools_block(tools).rstrip()  # exactly what the Qwen2.5 tool template writes
+    return text
+
+
 class RecThinker:
     """An LLM that investigates with tools before it ranks. Implements `Ranker`."""
 
@@ -198,23 +221,7 @@ class RecThinker:
         return traj
 
     def _system_prompt(self, n_candidates: int, tools: list[dict[str, Any]]) -> str:
-        cfg = self.config
-        if cfg.mode != "agent":
-            return template("zero_shot").format(n_candidates=n_candidates).strip()
-        how, rule = ANSWER_FORMS[cfg.answer_form]
-        text = (
-            template("system")
-            .format(
-                n_candidates=n_candidates,
-                max_tool_calls=cfg.max_tool_calls,
-                answer_format=how.format(n=n_candidates),
-                answer_rule=rule,
-            )
-            .strip()
-        )
-        if cfg.tool_mode == "prompt":
-            text += "\n" + tools_block(tools).rstrip()  # exactly what the Qwen2.5 tool template writes
-        return text
+        return system_prompt(self.config, n_candidates, tools)
 
     def _turn(self, traj: Trajectory, index: int, tools: list[dict[str, Any]], *, allow_tools: bool) -> Step:
         cfg = self.config

@@ -31,8 +31,8 @@ from typing import Any
 
 import pandas as pd
 
-from recthinker.agent.loop import INSTRUCTIONS, AgentConfig
-from recthinker.agent.prompting import task_prompt, template
+from recthinker.agent.loop import INSTRUCTIONS, AgentConfig, system_prompt
+from recthinker.agent.prompting import task_prompt
 from recthinker.train.plots import plot_log
 from recthinker.train.rewards import RewardConfig, reward_funcs
 from recthinker.train.sft import DEFAULT_TARGET_MODULES, jsonl_log_callback, lora_config, write_run_config
@@ -56,7 +56,7 @@ def grpo_row(
     """
     cfg = config or AgentConfig()
     n = len(episode.candidates)
-    system = template("system").format(n_candidates=n, max_tool_calls=cfg.max_tool_calls).strip()
+    system = system_prompt(cfg, n)
     task = task_prompt(episode, items, n_history=cfg.n_history, instruction=INSTRUCTIONS["agent"])
     return {
         "prompt": [{"role": "system", "content": system}, {"role": "user", "content": task}],
