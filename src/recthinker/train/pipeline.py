@@ -343,7 +343,7 @@ def run_pipeline(
     preset: TrainPreset, out: str | Path, *, dataset: str = "ml-1m", model: str | Path | None = None
 ) -> dict[str, Any]:
     """Run (or resume) every stage; write metrics.json, config.json, summary.md, stages.json; return metrics."""
-    out = Path(out)
+    out = Path(out).resolve()  # stage markers store absolute paths: a resume may start from another cwd
     out.mkdir(parents=True, exist_ok=True)
     if model is None:
         if preset.device != "cpu":
