@@ -34,13 +34,13 @@ recthinker filter --in "$OUT/rollout.jsonl" --out "$OUT/sft.jsonl" --ndcg-thresh
 # 2. LoRA SFT across the GPUs (DDP; ZeRO-3 for 7B+: configs/accelerate/zero3.yaml)
 accelerate launch --config_file configs/accelerate/multi_gpu.yaml --num_processes "$NGPU" \
   -m recthinker.cli sft --data "$OUT/sft.jsonl" --model "$MODEL" --out "$OUT/sft" \
-  --epochs 2 --batch-size 4 --grad-accum 4 --learning-rate 1e-4 --max-length 4096
+  --epochs 2 --batch-size 4 --grad-accum 4 --learning-rate 1e-4 --max-length 4096 --gradient-checkpointing
 # 3. GRPO from the SFT adapter: vLLM colocated on every training GPU (set in the pipeline's gpu preset; for
 #    the verb, pass them through TRL's own launcher if you need server mode: `trl vllm-serve --model $MODEL`)
 accelerate launch --config_file configs/accelerate/multi_gpu.yaml --num_processes "$NGPU" \
   -m recthinker.cli grpo --model "$OUT/sft/adapter" --episodes 1000 --out "$OUT/grpo" \
   --grpo-steps 200 --num-generations 8 --max-completion-length 2048 --learning-rate 1e-5 \
-  --max-steps 6 --max-tool-calls 6
+  --max-steps 6 --max-tool-calls 6 --gradient-checkpointing
 # 4. serve base + adapters with vLLM and evaluate through the OpenAI-compatible API (prompt tool mode: the
 #    server needs no tool parser; the agent writes and parses <tool_call> blocks itself)
 vllm serve "$MODEL" --port 8000 --enable-lora --max-lora-rank 16 \

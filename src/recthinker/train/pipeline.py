@@ -534,6 +534,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
         gradient_accumulation_steps=args.grad_accum,
         learning_rate=args.learning_rate,
         max_length=args.max_length,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     print(
         f"wrote {adapter} ({len(fit)} rows; {len(rows) - len(fit)} longer than {args.max_length} tokens dropped)"
@@ -564,6 +565,7 @@ def cmd_grpo(args: argparse.Namespace) -> int:
             max_completion_length=args.max_completion_length,
             max_tool_calling_iterations=max(1, args.max_steps - 1),
             learning_rate=args.learning_rate,
+            gradient_checkpointing=args.gradient_checkpointing,
             seed=args.seed,
         )
     finally:
@@ -588,6 +590,12 @@ def _model_dir(model: str | None) -> Path:
     if not Path(model).is_dir():
         raise ConfigError(f"--model {model}: not a local transformers model folder")
     return Path(model)
+
+
+def _checkpointing_option(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--gradient-checkpointing", action="store_true", help="recompute activations (large models; slower)"
+    )
 
 
 def _agent_options(s: argparse.ArgumentParser) -> None:
@@ -644,6 +652,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-length", type=int, default=2048, help="tokens per row; longer rows are dropped")
     s.add_argument("--lora-r", type=int, default=16)
     s.add_argument("--lora-alpha", type=int, default=32)
+    _checkpointing_option(s)
     s.set_defaults(func=cmd_sft)
 
     s = sub.add_parser("grpo", help="GRPO with RecEnv tools from an SFT adapter (or a model folder)")
@@ -657,6 +666,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--learning-rate", type=float, default=2e-5)
     s.add_argument("--seed", type=int, default=0)
     _agent_options(s)
+    _checkpointing_option(s)
     s.set_defaults(func=cmd_grpo)
 
     s = sub.add_parser("train", help="the whole pipeline: rollouts -> filter -> SFT -> GRPO -> evaluation")
