@@ -271,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_tool)
 
+    from recthinker.train.pipeline import add_subcommands  # rollout, filter, sft, grpo, train
+
+    add_subcommands(sub)
+
     s = sub.add_parser(
         "bench", help="benchmarks: baselines (all rankers x episode sets), tools (latency, signal)"
     )
