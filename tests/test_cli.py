@@ -10,7 +10,19 @@ import pytest
 
 from recthinker.cli import build_parser, main
 
-VERBS = ("prepare", "evaluate", "recommend", "serve", "tool", "bench", "rollout", "filter", "sft", "grpo", "train")
+VERBS = (
+    "prepare",
+    "evaluate",
+    "recommend",
+    "serve",
+    "tool",
+    "bench",
+    "rollout",
+    "filter",
+    "sft",
+    "grpo",
+    "train",
+)
 
 
 @pytest.mark.parametrize("verb", VERBS)
