@@ -48,7 +48,7 @@ def test_constrained_turns_are_well_formed(server_url, tiny_benchmark, resources
     """With the GBNF grammar even the untrained model writes parseable turns (a tool call or an answer)."""
     model = OpenAICompatible(server_url, timeout_s=600)
     episode = tiny_benchmark.episodes("sparse/test")[0]
-    config = AgentConfig(max_steps=2, max_tokens=320, constrained=True)
+    config = AgentConfig(max_steps=2, constrained=True)
     traj = RecThinker(model, RecEnv(resources), items=tiny_benchmark.items, config=config).run(episode)
     first = traj.steps[0]
     assert first.analyze and first.plan

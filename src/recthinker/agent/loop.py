@@ -64,7 +64,7 @@ class AgentConfig:
     )
     n_history: int = 10  # history items shown in the task prompt (tools can fetch more)
     temperature: float = 0.0  # 0 = greedy
-    max_tokens: int = 384  # per assistant turn
+    max_tokens: int = 512  # per assistant turn (covers the constrained grammar's longest turn, ~470 tokens)
     seed: int = 0  # sampling seed passed to the back end
     constrained: bool = False  # GBNF-constrained turns (llama.cpp back ends): well-formed tags and calls
     answer_form: str = "ranking"  # ranking: a full permutation; evidence: promote/demote over the evidence
