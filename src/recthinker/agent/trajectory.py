@@ -5,13 +5,13 @@ errors and the final ranking -- saved as JSONL and convertible to a TRL SFT row 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from recthinker.errors import DataError
+from recthinker.jsonl import load_jsonl
 
 
 @dataclass(slots=True, kw_only=True)
@@ -145,27 +145,11 @@ def _as_object(arguments: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Append rows durably (flush + fsync) so a killed run loses at most the row in flight."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def read_trajectories(path: Path) -> Iterator[Trajectory]:
     """Trajectories from JSONL; a truncated last line (crash) is skipped, any other bad line is an error."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    rows, _ = load_jsonl(Path(path))
+    for n, row in enumerate(rows, start=1):
         try:
-            yield Trajectory.from_dict(json.loads(line))
-        except json.JSONDecodeError as e:
-            if lineno == len(lines):
-                return
-            raise DataError(f"{path}:{lineno}: bad trajectory line: {e}") from e
+            yield Trajectory.from_dict(row)
         except TypeError as e:
-            raise DataError(f"{path}:{lineno}: bad trajectory fields: {e}") from e
+            raise DataError(f"{path}: row {n}: bad trajectory fields: {e}") from e

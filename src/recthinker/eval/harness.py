@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from recthinker.errors import DataError, RecThinkerError
 from recthinker.eval.metrics import hit_at_k, mean_ci95, mrr, ndcg_at_k, target_rank
 from recthinker.eval.report import METRICS, atomic_write_bytes, write_summary
+from recthinker.jsonl import load_jsonl
 from recthinker.types import Episode, Ranker, Ranking
 
 log = logging.getLogger(__name__)
@@ -127,26 +128,6 @@ def _run_episode(ranker: Ranker, episode: Episode) -> tuple[str, bool]:
     return line, False
 
 
-def _load_jsonl(path: Path) -> tuple[list[dict[str, Any]], bool]:
-    """Rows of `path` and whether the file was clean (no dropped last line, ends with a newline)."""
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    rows: list[dict[str, Any]] = []
-    clean = text == "" or text.endswith("\n")
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if lineno == len(lines):
-                log.warning("%s: dropping truncated last line %d (interrupted run)", path, lineno)
-                clean = False
-                continue
-            raise DataError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
-    return rows, clean
-
-
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Read an episodes.jsonl file, tolerating (and dropping) a truncated last line from a crash.
 
@@ -159,7 +140,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     Raises:
         DataError: A line other than the last is not valid JSON.
     """
-    return _load_jsonl(Path(path))[0]
+    return load_jsonl(Path(path))[0]
 
 
 def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -215,7 +196,7 @@ def _prepare_file(path: Path, resume: bool) -> set[str]:
     if not resume or not path.exists():
         atomic_write_bytes(path, b"")
         return set()
-    rows, clean = _load_jsonl(path)
+    rows, clean = load_jsonl(path)
     kept: list[dict[str, Any]] = []
     done: set[str] = set()
     for row in rows:

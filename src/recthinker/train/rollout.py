@@ -32,9 +32,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from recthinker.agent.loop import AgentConfig, RecThinker, run_safely
-from recthinker.agent.trajectory import Trajectory, append_jsonl
-from recthinker.errors import DataError
+from recthinker.agent.trajectory import Trajectory
 from recthinker.eval.metrics import hit_at_k, ndcg_at_k, target_rank
+from recthinker.jsonl import append_jsonl, load_jsonl
 from recthinker.types import Episode
 
 log = logging.getLogger(__name__)
@@ -77,34 +77,18 @@ def _read_done(path: Path) -> set[tuple[str, int]]:
     """(episode_id, sample) pairs already in `path`; repairs a truncated tail and drops crashed rows."""
     if not path.is_file():
         return set()
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    keep: list[str] = []
+    rows, clean = load_jsonl(path)
+    keep: list[dict[str, Any]] = []
     done: set[tuple[str, int]] = set()
-    changed = not text.endswith("\n") and text != ""
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            changed = True
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if lineno == len(lines):
-                log.warning("%s: dropping truncated last line %d (interrupted run)", path, lineno)
-                changed = True
-                continue
-            raise DataError(f"{path}:{lineno}: bad rollout line: {e}") from e
+    for row in rows:
         key = (str(row["episode_id"]), int(row.get("meta", {}).get("sample", 0)))
         if row.get("error") or key in done:
-            changed = True
             continue
         done.add(key)
-        keep.append(line)
-    if changed:
+        keep.append(row)
+    if not clean or len(keep) != len(rows):
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep), encoding="utf-8")
         os.replace(tmp, path)
     return done
 
