@@ -136,3 +136,49 @@ def test_reward_funcs_take_trl_keyword_columns() -> None:
     assert values[1] == [1.0, -1.0]
     assert values[2] == pytest.approx([-0.05, 0.0])
     assert weights == [1.0, 0.2, 1.0]
+
+
+class EvidenceEnv:
+    """Test double of the episode's `RecEnv` after a rollout: its successful calls and its signals."""
+
+    def __init__(self, ok_calls: list[tuple[str, dict]]) -> None:
+        self.ok_calls = ok_calls
+
+    def signals(self, models: tuple[str, ...] = ()) -> dict:
+        import numpy as np
+
+        out = {  # ALS prefers i3 > i2 > i1 > ...; item relations prefer i10 > i9 > ...
+            "item_relations": np.arange(10, dtype=float),
+            "similar_users": np.zeros(10),
+            "popularity": np.zeros(10),
+            "genre_match": np.zeros(10),
+        }
+        for m in models:
+            out[f"cf_{m}"] = np.array([8.0, 9.0, 10.0, 0, 0, 0, 0, 0, 0, 0])
+        return out
+
+
+def test_evidence_answers_are_ranked_by_the_tools_the_episode_called() -> None:
+    """Answer form (c) in GRPO: the permutation comes from the environment's evidence, as in the loop."""
+    funcs, _ = reward_funcs(RewardConfig(answer_form="evidence"))
+    ndcg, fmt, _tool = funcs
+    final = "<answer>promote; demote</answer>"
+    comps = [conversation(1, final)] * 3
+    envs = [
+        EvidenceEnv([("cf_scores", {"model": "als"})]),
+        EvidenceEnv([("item_relations", {})]),
+        EvidenceEnv([]),
+    ]
+    kw = {"target": ["i2"] * 3, "candidates": [CANDS] * 3, "environments": envs}
+    # ALS order i3 > i2 > i1: the target is 2nd; relations order i10 > ... > i2: the target is 9th;
+    # no evidence tool called: invalid (scores 0, format -1)
+    assert ndcg(completions=comps, **kw) == pytest.approx([1 / math.log2(3), 1 / math.log2(10), 0.0])
+    assert fmt(completions=comps, **kw) == [1.0, 1.0, -1.0]
+    promoted = [conversation(1, "<answer>promote [2]</answer>")]
+    assert ndcg(
+        completions=promoted, **{**kw, "target": ["i2"], "candidates": [CANDS], "environments": envs[:1]}
+    ) == [1.0]
+    # without the environments (the reward cannot see the evidence) an evidence answer is invalid, never a fallback
+    assert ndcg(completions=comps[:1], target=["i2"], candidates=[CANDS]) == [0.0]
+    with pytest.raises(ValueError):
+        RewardConfig(answer_form="poem")

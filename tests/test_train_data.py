@@ -24,7 +24,7 @@ from recthinker.train.episodes import (
 )
 from recthinker.train.filtering import filter_trajectories, write_sft_dataset
 from recthinker.train.rollout import rollout, teacher_policy
-from recthinker.train.teacher import NAME, TeacherRanker, fit_on_episodes
+from recthinker.train.teacher import NAME, TOOL_SIGNAL, TeacherRanker, fit_on_episodes, standardize
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +136,32 @@ def test_teacher_beats_random_and_spends_fewer_calls_when_evidence_agrees(
     few = calls == calls.min()
     assert few.any() and (~few).any()  # the number of calls depends on the episode
     assert tau[few].mean() > tau[~few].mean()
+
+
+def test_teacher_in_evidence_form_with_a_small_budget(tiny_benchmark, eval_res, weights):
+    """Answer form (c) + a 2-call budget (the CPU presets): cf_scores alone first, at most one more call,
+    and every promote/demote answer builds (through the loop's own parser) a valid permutation whose
+    leader is the teacher's combined leader."""
+    from recthinker.agent.evidence import parse_evidence_answer
+    from recthinker.agent.loop import AgentConfig
+
+    config = AgentConfig(max_steps=3, max_tool_calls=2, answer_form="evidence")
+    ranker = TeacherRanker(eval_res, tiny_benchmark.items, weights, config)
+    env = RecEnv(eval_res)
+    for e in tiny_benchmark.episodes("loo/test"):
+        r = ranker.rank(e)
+        traj = Trajectory.from_dict(r.info["trajectory"])
+        assert r.valid and sorted(r.items) == sorted(e.candidates)
+        first = [c.name for c in traj.steps[0].tool_calls]
+        assert first == ["cf_scores"] and 1 <= traj.n_tool_calls <= 2
+        answer = parse_turn(traj.steps[-1].content).answer
+        promoted, demoted, problems = parse_evidence_answer(answer, len(e.candidates))
+        assert not problems and len(promoted) <= 1 and len(demoted) <= 1
+        # the leader is the teacher's combined leader over the same evidence (genre match + the tools called)
+        env.reset_episode(e)
+        z = standardize(env.signals(("als",)))
+        evidence = ["genre_match", *dict.fromkeys(TOOL_SIGNAL[c.name] for c in traj.tool_calls)]
+        assert r.items[0] == e.candidates[int(np.argmax(weights.score(z, evidence)))]
 
 
 # ---- rollout ---------------------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def tokenizer(tiny_dir: Path):
 
 def test_training_render_matches_prompt_mode(tokenizer) -> None:
     """SFT/GRPO text (structured messages + tools through the template) == the agent's prompt-mode text."""
-    from trl.chat_template_utils import get_training_chat_template
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
     traj = trajectory()
     row = training_row(traj.to_sft_row())
@@ -97,13 +97,10 @@ def test_training_render_matches_prompt_mode(tokenizer) -> None:
     assert trained.count("# Tools") == 1
     assert '<tool_call>\n{"name": "user_history", "arguments": {"k": 5}}\n</tool_call>' in trained
     assert "<tool_response>\nOBSERVATION TEXT\n</tool_response>" in trained
-    # TRL's SFT template (assistant-only loss) renders the same text
-    training_template = get_training_chat_template(tokenizer)
-    assert training_template is not None
-    same = tokenizer.apply_chat_template(
-        row["messages"], tools=row["tools"], tokenize=False, chat_template=training_template
-    )
-    assert same == trained
+    # the template already carries TRL's generation markers, so TRL trains with it as is (assistant-only loss)
+    assert has_generation_markers(tokenizer.chat_template)
+    assert get_training_chat_template(tokenizer) is None
+    assert "# Tools\n\n- user_history(" in trained  # one line per tool, no JSON schemas
     # and what the model would write parses back into the call
     assistant = rest_t.split("<|im_start|>assistant\n")[1].split("<|im_end|>")[0]
     content, calls = parse_hermes_tool_calls(assistant)

@@ -117,7 +117,7 @@ def system_prompt(cfg: AgentConfig, n_candidates: int, tools: list[dict[str, Any
         .strip()
     )
     if tools and cfg.tool_mode == "prompt":
-        text += "\n" + tools_block(tools).rstrip()  # exactly what the Qwen2.5 tool template writes
+        text += "\n" + tools_block(tools).rstrip("\n")  # exactly what prompts/chat_template.jinja writes
     return text
 
 

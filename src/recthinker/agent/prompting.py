@@ -33,7 +33,7 @@ def prompts_hash() -> str:
     for path in sorted(
         resources.files("recthinker.agent").joinpath("prompts").iterdir(), key=lambda p: p.name
     ):
-        if path.name.endswith(".md"):
+        if path.name.endswith((".md", ".jinja")):
             h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
@@ -71,9 +71,23 @@ def task_prompt(episode: Episode, items: pd.DataFrame | None, *, n_history: int,
     )
 
 
+def tool_line(tool: dict[str, Any]) -> str:
+    """One tool as one line: `- name(params): first paragraph of the description param: description ...`.
+
+    >>> tool_line({"type": "function", "function": {"name": "f", "description": "Do it.\\n\\nMore.",
+    ...     "parameters": {"type": "object", "properties": {"k": {"type": "integer", "description": "How many."}}}}})
+    '- f(k): Do it. k: How many.'
+    """
+    f = tool.get("function", tool)
+    props = (f.get("parameters") or {}).get("properties") or {}
+    head = (f.get("description") or "").split("\n\n")[0].replace("\n", " ")
+    params = "".join(f" {k}: {(p.get('description') or '').replace(chr(10), ' ')}" for k, p in props.items())
+    return f"- {f['name']}({', '.join(props)}): {head}{params}"
+
+
 def tools_block(tools: Sequence[dict[str, Any]]) -> str:
-    """The Qwen-style `# Tools` section listing the function schemas, one JSON object per line."""
-    return template("tools").format(tool_lines="\n".join(json.dumps(t, ensure_ascii=False) for t in tools))
+    """The `# Tools` section, one line per tool: the text `prompts/chat_template.jinja` writes for `tools=`."""
+    return "\n# Tools\n" + "".join("\n" + tool_line(t) for t in tools) + "\n"
 
 
 def render_for_prompt_mode(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -157,6 +157,7 @@ class RecEnv:
         self.n_errors = 0
         self.calls_by_tool: Counter[str] = Counter()
         self.errors_by_kind: Counter[str] = Counter()
+        self.ok_calls: list[tuple[str, dict[str, Any]]] = []  # successful calls this episode, in order
 
     def reset(
         self,
@@ -248,6 +249,7 @@ class RecEnv:
             return self._mistake(e.kind, str(e), name)
         self.n_calls += 1
         self.calls_by_tool[name] += 1
+        self.ok_calls.append((name, values))
         return Observation(text=clip(text))
 
     def _item(self, ref: str, *, candidates_only: bool = False) -> str:
@@ -279,7 +281,7 @@ class RecEnv:
     # ---- tools ----------------------------------------------------------------------------------------
 
     def user_profile(self) -> str:
-        """Summarise the user: demographics (when known) and preferences computed from their history.
+        """Summarise the user: demographics (when known) and preferences from their history.
 
         Gives top categories with their share of the history, release-year range, rating tendency
         against all users, activity level and how sparse the history is.
@@ -294,12 +296,12 @@ class RecEnv:
         return user.render_profile(self.user_id, demo, summary, len(res.index.users), recent)
 
     def user_history(self, k: int = 10, keyword: str = "", page: int = 1) -> str:
-        """List the user's past interactions, newest first: item id, categories, rating and date.
+        """List the user's past items, newest first: id, categories, rating, date.
 
         Args:
-            k: How many items per page (1-15).
-            keyword: Only items whose title, year or category contains this text (case-insensitive); empty for all.
-            page: Which page of k items to show, starting at 1.
+            k: Items per page (1-15).
+            keyword: Only items whose title, year or category contains it; empty for all.
+            page: Page number, from 1.
         """
         return self._run("user_history", {"k": k, "keyword": keyword, "page": page}).text
 
@@ -311,10 +313,10 @@ class RecEnv:
         return user.render_history(self._res, rows, k, keyword, page, self._labels) + note
 
     def item_info(self, item_ids: list[str]) -> str:
-        """Show title, categories, popularity (interaction count and percentile) and mean rating of items.
+        """Show title, categories, popularity and mean rating of items.
 
         Args:
-            item_ids: Up to 10 items: candidate labels like "[3]" or item ids from the candidates or history.
+            item_ids: Up to 10 candidate labels like "[3]" or item ids.
         """
         return self._run("item_info", {"item_ids": item_ids}).text
 
@@ -334,9 +336,9 @@ class RecEnv:
         """Keyword search (BM25) over item titles, years and categories.
 
         Args:
-            query: Words to look for, e.g. "space war" or "Comedy 1995".
-            scope: Where to search: "candidates", "catalog" (all items) or "history" (the user's past items).
-            k: How many results (1-10).
+            query: Words, e.g. "space war" or "Comedy 1995".
+            scope: "candidates", "catalog" (all items) or "history".
+            k: Results (1-10).
         """
         return self._run("search_items", {"query": query, "scope": scope, "k": k}).text
 
@@ -353,10 +355,10 @@ class RecEnv:
         return item.render_search(self._res, query, scope, hits, self._history_set, self._labels) + note
 
     def similar_users(self, k: int = 10) -> str:
-        """Find the users whose histories are most similar to this user's, and which candidates they chose.
+        """Find the users most similar to this one and which candidates they chose.
 
         Args:
-            k: How many similar users (1-20).
+            k: Similar users (1-20).
         """
         return self._run("similar_users", {"k": k}).text
 
@@ -366,10 +368,10 @@ class RecEnv:
         return collab.render_similar_users(self._res.index, nbrs, self.candidates, self._labels) + note
 
     def item_relations(self, item_id: str = "") -> str:
-        """Show how items relate: co-interaction strength (users who liked one also liked the other) and shared categories.
+        """Relate items: co-interaction strength (users who liked one also liked the other), shared categories.
 
         Args:
-            item_id: One item (a candidate label like "[3]" or an item id) to see its neighbours and its links to the candidates and history; empty to relate every candidate to the user's recent history.
+            item_id: A candidate label like "[3]" or an item id: its neighbours; empty: every candidate vs the recent history.
         """
         return self._run("item_relations", {"item_id": item_id}).text
 
@@ -381,10 +383,10 @@ class RecEnv:
         return collab.render_item_relations(self._res, target, recent, self.candidates, self._labels)
 
     def cf_scores(self, model: str = "als") -> str:
-        """Score the candidates with a collaborative-filtering model trained on all users' interactions.
+        """Score the candidates with a collaborative-filtering model trained on all users.
 
         Args:
-            model: "als" (matrix factorisation) or "sasrec" (sequential transformer over the recent history).
+            model: "als" (matrix factorisation) or "sasrec" (sequential).
         """
         return self._run("cf_scores", {"model": model}).text
 

@@ -110,7 +110,9 @@ def _load_policy(model_path: Path, dtype: Any) -> tuple[Any, Any, bool]:
     """(model, tokenizer, is_peft): an adapter folder continues its LoRA, a model folder gets a new one."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    from recthinker.train.model import set_tool_template
+
+    tokenizer = set_tool_template(AutoTokenizer.from_pretrained(model_path))
     if (model_path / "adapter_config.json").is_file():
         from peft import PeftConfig, PeftModel
 

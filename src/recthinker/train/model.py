@@ -1,6 +1,6 @@
 """Models to train: the bundled SmolLM2-135M-Instruct as a Hugging Face folder, and a tiny Qwen2 for tests.
 
-Both carry TRL's Qwen2.5 chat template, whose tool format (`# Tools` block in the system turn,
+Both carry our Qwen2.5-style chat template (`chat_template`), whose tool format (`# Tools` block in the system turn,
 `<tool_call>{json}</tool_call>` in assistant turns, `<tool_response>` blocks in a user turn) is the one
 the agent loop writes in prompt mode (`recthinker.agent.prompting`). So SFT, GRPO and inference see one
 format. SFT with `assistant_only_loss=True` swaps in TRL's training variant of the same template (it only
@@ -30,15 +30,27 @@ BUNDLED_HF_NAME = "smollm2-135m-instruct-hf"
 
 
 def chat_template() -> str:
-    """The chat template every model we train uses: TRL's copy of the Qwen2.5 template (tool calling)."""
-    from trl.chat_template_utils import qwen2_5_chat_template
+    """The chat template every model we train uses: `agent/prompts/chat_template.jinja`.
 
-    return qwen2_5_chat_template
+    TRL's training variant of the Qwen2.5 template (generation markers, prefix-preserving) with one line per
+    tool instead of JSON schemas; tool calls and responses are Qwen2.5's.
+    """
+    from importlib import resources
+
+    return resources.files("recthinker.agent").joinpath("prompts", "chat_template.jinja").read_text("utf-8")
 
 
 def set_tool_template(tokenizer: Any) -> Any:
-    """Give `tokenizer` the Qwen2.5 tool template; `<|im_end|>` (SmolLM2 and Qwen agree) ends a turn."""
+    """Give `tokenizer` our tool template (+ TRL's Qwen3 response parser for GRPO's tool calls).
+
+    `<|im_end|>` (SmolLM2 and Qwen agree) ends a turn. TRL recognises its own templates by their text to pick
+    the parser of tool calls in completions; ours is the same `<tool_call>` JSON format, so it gets the
+    parser TRL gives Qwen2.5.
+    """
+    from trl.chat_template_utils import qwen3_template
+
     tokenizer.chat_template = chat_template()
+    tokenizer.response_template = qwen3_template
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

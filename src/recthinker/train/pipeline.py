@@ -45,17 +45,24 @@ CONTRACT = ("ndcg@10", "invalid_rate", "mean_tool_calls")
 TRAINED = ("untrained", "sft", "grpo")
 
 
-def agent_config(preset: TrainPreset, mode: str = "agent"):
-    """The `AgentConfig` every stage shares (rollouts, GRPO prompts, evaluation)."""
+def agent_config(preset: TrainPreset, mode: str = "agent", *, constrained: bool = False):
+    """The `AgentConfig` every stage shares (rollouts, GRPO prompts, evaluation).
+
+    The passive baselines (`zero-shot`, `fixed-workflow`) always answer with a permutation: they rank, by
+    definition, and the evidence form builds on the agent's own tool calls. `constrained` (GBNF turns) is
+    for llama.cpp evaluation.
+    """
     from recthinker.agent.loop import AgentConfig
 
     return AgentConfig(
         mode=mode,
-        max_steps=preset.max_steps,
+        max_steps=preset.max_steps if mode == "agent" else 2,
         max_tool_calls=preset.max_tool_calls,
         max_tokens=preset.max_tokens,
         n_history=preset.n_history,
         seed=preset.seed,
+        answer_form=preset.answer_form if mode == "agent" else "ranking",
+        constrained=constrained,
     )
 
 
@@ -168,9 +175,10 @@ def fitting_rows(
     """(rows whose rendered training text fits `max_length` tokens, every row's token count)."""
     from transformers import AutoTokenizer
 
+    from recthinker.train.model import set_tool_template
     from recthinker.train.sft import training_row
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = set_tool_template(AutoTokenizer.from_pretrained(model_dir))
     lengths = []
     for row in rows:
         r = training_row(row)
@@ -180,7 +188,7 @@ def fitting_rows(
 
 
 def _sft(run: Run, folder: Path, data: list[Path]) -> dict[str, Any]:
-    from recthinker.train.sft import run_sft
+    from recthinker.train.sft import run_sft, top_layers
 
     p = run.preset
     rows = [
@@ -198,6 +206,7 @@ def _sft(run: Run, folder: Path, data: list[Path]) -> dict[str, Any]:
         folder,
         lora_r=p.lora_r,
         lora_alpha=p.lora_alpha,
+        lora_layers=top_layers(run.model, p.lora_top_layers),
         max_steps=p.sft_max_steps,
         num_train_epochs=p.sft_epochs,
         per_device_train_batch_size=p.sft_batch_size,
@@ -243,6 +252,7 @@ def _augment(run: Run, folder: Path, adapter: Path, teacher_data: Path) -> dict[
 def _grpo(run: Run, folder: Path, adapter: Path) -> dict[str, Any]:
     from recthinker.tools.env import RecEnv
     from recthinker.train.grpo import grpo_row, run_grpo
+    from recthinker.train.rewards import RewardConfig
 
     p = run.preset
     rows = [grpo_row(e, run.bench.items, agent_config(p)) for e in run.episodes[: p.grpo_episodes]]
@@ -253,6 +263,7 @@ def _grpo(run: Run, folder: Path, adapter: Path) -> dict[str, Any]:
             adapter,
             folder,
             RecEnv,
+            reward_config=RewardConfig(answer_form=p.answer_form, tool_budget=p.max_tool_calls),
             max_steps=p.grpo_max_steps,
             num_generations=p.num_generations,
             per_device_train_batch_size=p.num_generations,
@@ -281,9 +292,26 @@ def _free_accelerator() -> None:
         torch.cuda.empty_cache()
 
 
-def _ranker(run: Run, name: str, adapter: Path | None, resources) -> Any:
-    """The ranker evaluated as `name`: an HFChat agent (base or adapter), or a reference."""
+def eval_model(run: Run, adapter: Path | None) -> Any:
+    """The `ChatModel` evaluated for `adapter` (None: the untrained model) on the preset's back end.
+
+    `llamacpp`: the GGUF -- the bundled one for the untrained model, the adapter merged into it
+    (`train.export.adapter_gguf`) otherwise; the same engine `recommend`, `evaluate` and `serve` run.
+    `hf`: transformers (+ PEFT) on `device` -- any model folder, slower on a CPU.
+    """
+    p = run.preset
+    if p.eval_backend == "llamacpp":
+        from recthinker.agent.llm import LlamaCpp, bundled_model_path
+        from recthinker.train.export import adapter_gguf
+
+        return LlamaCpp(bundled_model_path() if adapter is None else adapter_gguf(adapter))
     from recthinker.agent.llm_hf import HFChat
+
+    return HFChat(run.model, adapter_dir=adapter, device=p.device, dtype=p.dtype)
+
+
+def _ranker(run: Run, name: str, adapter: Path | None, resources) -> Any:
+    """The ranker evaluated as `name`: the agent on `eval_model` (base or adapter), or a reference."""
     from recthinker.agent.rankers import AgentRanker
 
     p = run.preset
@@ -291,9 +319,10 @@ def _ranker(run: Run, name: str, adapter: Path | None, resources) -> Any:
         from recthinker.train.teacher import TeacherRanker
 
         return TeacherRanker(resources, run.bench.items, run.weights, agent_config(p))
-    chat = HFChat(run.model, adapter_dir=adapter, device=p.device, dtype=p.dtype)
+    chat = eval_model(run, adapter)
     kind = name if name in ("zero-shot", "fixed-workflow") else "agent"
-    ranker = AgentRanker(kind, chat, resources, run.bench.items, agent_config(p, kind))
+    config = agent_config(p, kind, constrained=p.eval_backend == "llamacpp")
+    ranker = AgentRanker(kind, chat, resources, run.bench.items, config)
     ranker.name = name  # the harness folder; `kind` keeps the behaviour
     return ranker
 

@@ -45,6 +45,9 @@ class TrainPreset:
     max_tool_calls: int = 4  # tool-call budget per episode (the teacher uses 2-4)
     max_tokens: int = 256  # tokens per assistant turn at inference (teacher turns: 134-238 SmolLM2 tokens)
     n_history: int = 6  # history items shown in the task prompt (training episodes store 6)
+    answer_form: str = (
+        "ranking"  # the agent's final answer: "ranking" (permutation) | "evidence" (promote/demote)
+    )
     # -- SFT (LoRA) -------------------------------------------------------------------------------------
     max_length: int = 4096  # tokens per SFT row; longer rows are dropped, not truncated (SmolLM2: 2.5-3.4k)
     sft_max_steps: int = 4  # optimizer steps (-1: `sft_epochs` epochs)
@@ -54,6 +57,7 @@ class TrainPreset:
     sft_learning_rate: float = 5e-4  # constant learning rate of the LoRA weights
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
+    lora_top_layers: int = 0  # adapt only the top N decoder layers (0 = all; shortens the CPU backward pass)
     # -- self-augmentation (sample with the SFT model, filter, SFT again from its adapter's base) ---------
     augment_rounds: int = 0  # 0 = skip; 1 = one round
     augment_samples: int = 2  # samples per episode with the SFT model
@@ -74,6 +78,9 @@ class TrainPreset:
     eval_limit: int = 5  # first N episodes of each set (0 = all)
     references: tuple[str, ...] = ()  # also evaluate: teacher | zero-shot | fixed-workflow (base model)
     # -- back end -------------------------------------------------------------------------------------------
+    eval_backend: str = (
+        "hf"  # "llamacpp": evaluate GGUF exports (base GGUF, adapters merged) | "hf": transformers
+    )
     device: str = "cpu"  # torch device of the evaluated / sampled models ("cuda" on a GPU)
     dtype: str = "float32"  # their dtype ("bfloat16" on a GPU)
     torch_threads: int = 0  # torch.set_num_threads (0 = leave torch's default)
@@ -91,6 +98,10 @@ class TrainPreset:
             raise ConfigError(f"unknown references {sorted(unknown)}: use teacher, zero-shot, fixed-workflow")
         if self.vllm_mode not in ("colocate", "server"):
             raise ConfigError(f"vllm_mode must be 'colocate' or 'server', got {self.vllm_mode!r}")
+        if self.answer_form not in ("ranking", "evidence"):
+            raise ConfigError(f"answer_form must be 'ranking' or 'evidence', got {self.answer_form!r}")
+        if self.eval_backend not in ("llamacpp", "hf"):
+            raise ConfigError(f"eval_backend must be 'llamacpp' or 'hf', got {self.eval_backend!r}")
         if not self.eval_sets:
             raise ConfigError("eval_sets must name at least one episode set")
 
@@ -100,30 +111,46 @@ class TrainPreset:
 
 SMOKE = TrainPreset(
     name="smoke",
-    n_train_episodes=40,
-    sft_max_steps=4,
+    n_train_episodes=24,
+    max_tool_calls=2,
+    max_tokens=224,
+    answer_form="evidence",
+    lora_top_layers=10,
+    max_length=2048,
+    sft_max_steps=3,
     sft_grad_accum=1,
     grpo_max_steps=1,
-    grpo_episodes=2,
+    grpo_episodes=1,
     num_generations=2,
-    max_completion_length=384,
-    eval_sets=("dense/valid", "sparse/valid"),
-    eval_limit=5,
+    max_completion_length=256,
+    eval_backend="llamacpp",
+    eval_sets=("dense/test", "sparse/test"),
+    eval_limit=3,
+    torch_threads=2,
 )
 
 CPU = TrainPreset(
     name="cpu",
-    n_train_episodes=200,
+    n_train_episodes=300,
+    max_tool_calls=2,
+    max_tokens=224,
+    answer_form="evidence",
+    lora_top_layers=10,
+    max_length=2048,
     sft_max_steps=40,
-    sft_grad_accum=4,
-    augment_rounds=0,
-    grpo_max_steps=4,
-    grpo_episodes=8,
-    num_generations=2,
-    max_completion_length=768,
+    sft_batch_size=1,
+    sft_grad_accum=2,
+    sft_learning_rate=5e-4,
+    grpo_max_steps=6,
+    grpo_episodes=24,
+    num_generations=4,
+    max_completion_length=384,
+    grpo_learning_rate=2e-5,
+    eval_backend="llamacpp",
     eval_sets=("dense/test", "sparse/test"),
-    eval_limit=10,
-    references=("teacher",),
+    eval_limit=20,
+    references=("teacher", "fixed-workflow"),
+    torch_threads=2,
 )
 
 GPU = TrainPreset(
@@ -150,6 +177,7 @@ GPU = TrainPreset(
     grpo_learning_rate=1e-5,
     eval_sets=("dense/test", "sparse/test"),
     eval_limit=0,
+    eval_backend="hf",
     references=("teacher", "zero-shot", "fixed-workflow"),
     workers=1,
     use_vllm=True,

@@ -29,7 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from recthinker.agent.parse import parse_ranking, parse_turn
+from recthinker.agent.evidence import evidence_ranking, evidence_signals
+from recthinker.agent.parse import ParsedRanking, parse_ranking, parse_turn
 from recthinker.eval.metrics import ndcg_at_k, target_rank
 
 Completion = str | Sequence[dict[str, Any]]
@@ -47,12 +48,17 @@ class RewardConfig:
     tool_budget: int = 3  # tool calls per episode free of penalty
     tool_penalty_per_call: float = 0.05  # fraction of the accuracy reward lost per call beyond the budget
     tool_penalty_cap: float = 0.3  # most of the accuracy reward the tool term can remove (fraction)
+    answer_form: str = (
+        "ranking"  # "ranking" (permutation) | "evidence" (promote/demote, needs `environments`)
+    )
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.tool_budget < 0 or self.tool_penalty_per_call < 0 or self.tool_penalty_cap < 0:
             raise ValueError(f"k >= 1 and non-negative tool budget / penalties required: {self}")
         if min(self.ndcg_weight, self.format_weight, self.tool_weight) < 0:
             raise ValueError(f"reward weights must be >= 0: {self}")
+        if self.answer_form not in ("ranking", "evidence"):
+            raise ValueError(f"answer_form must be 'ranking' or 'evidence', got {self.answer_form!r}")
         if self.tool_weight * self.tool_penalty_cap >= self.ndcg_weight * RANK1_RANK2_GAP:
             raise ValueError(
                 f"tool_weight * tool_penalty_cap = {self.tool_weight * self.tool_penalty_cap:.3f} must stay below "
@@ -111,8 +117,42 @@ def count_tool_calls(completion: Completion) -> int:
     return n
 
 
-def _rank(completion: Completion, target: str, candidates: Sequence[str]) -> int | None:
-    parsed = parse_ranking(final_answer(completion), list(candidates))
+def answer_ranking(
+    completion: Completion, candidates: Sequence[str], env: Any = None, answer_form: str = "ranking"
+):
+    """The `ParsedRanking` the final answer stands for, judged as the agent loop judges it.
+
+    `answer_form="evidence"` (promote/demote, `agent.evidence`) builds the permutation from the signals of the
+    tools `env` (the episode's `RecEnv` after the rollout) ran successfully; without `env` it is invalid.
+
+    >>> answer_ranking("<answer>[2] > [1]</answer>", ["a", "b"]).items
+    ('b', 'a')
+    >>> answer_ranking("<answer>promote [2]</answer>", ["a", "b"], answer_form="evidence").valid
+    False
+    """
+    answer = final_answer(completion)
+    if answer_form == "ranking":
+        return parse_ranking(answer, list(candidates))
+    if env is None:
+        return ParsedRanking(items=(), problems=["an evidence answer needs the episode's environment"])
+    keys = evidence_signals(env.ok_calls)
+    models = tuple(k.removeprefix("cf_") for k in keys if k.startswith("cf_"))
+    signals = env.signals(models) if keys else {}
+    return evidence_ranking(answer, list(candidates), signals, keys)
+
+
+def _envs(environments: Sequence[Any] | None, n: int) -> Sequence[Any]:
+    return environments if environments is not None else [None] * n
+
+
+def _rank(
+    completion: Completion,
+    target: str,
+    candidates: Sequence[str],
+    env: Any = None,
+    answer_form: str = "ranking",
+) -> int | None:
+    parsed = answer_ranking(completion, candidates, env, answer_form)
     return target_rank(parsed.items, target) if parsed.valid else None
 
 
@@ -124,6 +164,8 @@ def ndcg_reward(
     target: Sequence[str | None],
     candidates: Sequence[Sequence[str]],
     k: int = 10,
+    environments: Sequence[Any] | None = None,
+    answer_form: str = "ranking",
     **kwargs: Any,
 ) -> list[float | None]:
     """NDCG@k of the ranking in the final `<answer>`; 0.0 if missing or invalid; None without a target.
@@ -133,14 +175,19 @@ def ndcg_reward(
     >>> ndcg_reward([[{"role": "assistant", "content": "<answer>[3] > [1]</answer>"}]], ["i7"], [["i1", "i3", "i7"]])
     [0.0]
     """
+    envs = _envs(environments, len(completions))
     return [
-        None if t is None else ndcg_at_k(_rank(c, t, cands), k)
-        for c, t, cands in zip(completions, target, candidates, strict=True)
+        None if t is None else ndcg_at_k(_rank(c, t, cands, e, answer_form), k)
+        for c, t, cands, e in zip(completions, target, candidates, envs, strict=True)
     ]
 
 
 def format_reward(
-    completions: Sequence[Completion], candidates: Sequence[Sequence[str]], **kwargs: Any
+    completions: Sequence[Completion],
+    candidates: Sequence[Sequence[str]],
+    environments: Sequence[Any] | None = None,
+    answer_form: str = "ranking",
+    **kwargs: Any,
 ) -> list[float]:
     """Share of well-formed assistant turns if the final answer is a valid ranking, else -1.0.
 
@@ -152,8 +199,9 @@ def format_reward(
     [1.0, 0.0, -1.0]
     """
     out = []
-    for completion, cands in zip(completions, candidates, strict=True):
-        if not parse_ranking(final_answer(completion), list(cands)).valid:
+    envs = _envs(environments, len(completions))
+    for completion, cands, env in zip(completions, candidates, envs, strict=True):
+        if not answer_ranking(completion, cands, env, answer_form).valid:
             out.append(-1.0)
             continue
         turns = _assistant_turns(completion)
@@ -174,6 +222,8 @@ def tool_efficiency_reward(
     per_call: float = 0.05,
     cap: float = 0.3,
     k: int = 10,
+    environments: Sequence[Any] | None = None,
+    answer_form: str = "ranking",
     **kwargs: Any,
 ) -> list[float | None]:
     """`-ndcg * min(cap, per_call * calls_over_budget)`: zero for wrong answers and within the budget.
@@ -190,12 +240,15 @@ def tool_efficiency_reward(
     [-0.1]
     """
     out: list[float | None] = []
-    for c, t, cands in zip(completions, target, candidates, strict=True):
+    envs = _envs(environments, len(completions))
+    for c, t, cands, e in zip(completions, target, candidates, envs, strict=True):
         if t is None:
             out.append(None)
             continue
         excess = max(0, count_tool_calls(c) - budget)
-        penalty = ndcg_at_k(_rank(c, t, cands), k) * min(cap, per_call * excess) if excess else 0.0
+        penalty = (
+            ndcg_at_k(_rank(c, t, cands, e, answer_form), k) * min(cap, per_call * excess) if excess else 0.0
+        )
         out.append(-penalty if penalty else 0.0)
     return out
 
@@ -209,10 +262,10 @@ def reward_funcs(config: RewardConfig) -> tuple[list[Callable[..., list[float | 
     """
 
     def ndcg(completions: Sequence[Completion], **kwargs: Any) -> list[float | None]:
-        return ndcg_reward(completions, k=config.k, **kwargs)
+        return ndcg_reward(completions, k=config.k, answer_form=config.answer_form, **kwargs)
 
     def fmt(completions: Sequence[Completion], **kwargs: Any) -> list[float]:
-        return format_reward(completions, **kwargs)
+        return format_reward(completions, answer_form=config.answer_form, **kwargs)
 
     def tool(completions: Sequence[Completion], **kwargs: Any) -> list[float | None]:
         return tool_efficiency_reward(
@@ -221,6 +274,7 @@ def reward_funcs(config: RewardConfig) -> tuple[list[Callable[..., list[float | 
             per_call=config.tool_penalty_per_call,
             cap=config.tool_penalty_cap,
             k=config.k,
+            answer_form=config.answer_form,
             **kwargs,
         )
 

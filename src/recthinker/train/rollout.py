@@ -47,9 +47,14 @@ def teacher_policy(resources, items, weights, config: AgentConfig | None = None)
     from recthinker.tools.env import RecEnv
     from recthinker.train.teacher import BootstrapTeacher
 
+    cfg = config or AgentConfig()
+
     def make() -> RecThinker:
         env = RecEnv(resources)
-        return RecThinker(BootstrapTeacher(env, weights), env, items=items, config=config or AgentConfig())
+        teacher = BootstrapTeacher(
+            env, weights, answer_form=cfg.answer_form, max_tool_calls=cfg.max_tool_calls
+        )
+        return RecThinker(teacher, env, items=items, config=cfg)
 
     return make
 

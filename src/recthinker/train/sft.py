@@ -129,13 +129,37 @@ def default_sft_config(out_dir: Path, **overrides: Any) -> Any:
     return SFTConfig(**settings)
 
 
-def lora_config(r: int = 16, alpha: int = 32, target_modules: Sequence[str] = DEFAULT_TARGET_MODULES) -> Any:
-    """PEFT LoRA settings for a causal LM (attention projections by default)."""
+def lora_config(
+    r: int = 16,
+    alpha: int = 32,
+    target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
+    layers: Sequence[int] | None = None,
+) -> Any:
+    """PEFT LoRA settings for a causal LM (attention projections by default).
+
+    `layers` limits the adapters to those decoder layers. On a CPU, adapting only the top layers also
+    shortens the backward pass: no gradient flows below the lowest adapted layer (SmolLM2-135M, 1.5k
+    tokens, one thread: forward + backward 30 s with all 30 layers adapted, 18 s with the top 10).
+    """
     from peft import LoraConfig
 
     return LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target_modules), task_type="CAUSAL_LM"
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=list(target_modules),
+        layers_to_transform=list(layers) if layers else None,
+        task_type="CAUSAL_LM",
     )
+
+
+def top_layers(model_dir: str | Path, n: int) -> list[int] | None:
+    """The indices of the top `n` decoder layers of the model in `model_dir` (None for n <= 0: all layers)."""
+    if n <= 0:
+        return None
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    total = int(config["num_hidden_layers"])
+    return list(range(max(0, total - n), total))
 
 
 def jsonl_log_callback(path: Path) -> Any:
@@ -170,6 +194,7 @@ def build_sft_trainer(
     lora_r: int = 16,
     lora_alpha: int = 32,
     lora_target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
+    lora_layers: Sequence[int] | None = None,
     **sft_overrides: Any,
 ) -> Any:
     """The `SFTTrainer` `run_sft` trains (tokenized dataset, LoRA-wrapped model); arguments as in `run_sft`."""
@@ -177,10 +202,12 @@ def build_sft_trainer(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
+    from recthinker.train.model import set_tool_template
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     args = default_sft_config(out_dir, **sft_overrides)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = set_tool_template(AutoTokenizer.from_pretrained(model_dir))
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=torch.bfloat16 if args.bf16 else torch.float32
     )
@@ -189,7 +216,7 @@ def build_sft_trainer(
         args=args,
         train_dataset=sft_dataset(rows),
         processing_class=tokenizer,
-        peft_config=lora_config(lora_r, lora_alpha, lora_target_modules),
+        peft_config=lora_config(lora_r, lora_alpha, lora_target_modules, lora_layers),
         callbacks=[jsonl_log_callback(out_dir / "train_log.jsonl")],
     )
 
@@ -202,6 +229,7 @@ def run_sft(
     lora_r: int = 16,
     lora_alpha: int = 32,
     lora_target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
+    lora_layers: Sequence[int] | None = None,
     **sft_overrides: Any,
 ) -> Path:
     """Train a LoRA adapter on tool-calling conversations; returns `out_dir / "adapter"`.
@@ -213,6 +241,7 @@ def run_sft(
         lora_r: LoRA rank.
         lora_alpha: LoRA scaling numerator (scale = alpha / r).
         lora_target_modules: Module names that get LoRA adapters.
+        lora_layers: Decoder layers that get them (None: all; see `lora_config`).
         **sft_overrides: Any `trl.SFTConfig` field (e.g. `max_steps=60`, `learning_rate=1e-3`).
     """
     out_dir = Path(out_dir)
@@ -223,6 +252,7 @@ def run_sft(
         lora_r=lora_r,
         lora_alpha=lora_alpha,
         lora_target_modules=lora_target_modules,
+        lora_layers=lora_layers,
         **sft_overrides,
     )
     write_run_config(

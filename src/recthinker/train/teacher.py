@@ -9,15 +9,19 @@ its `RecEnv` (history, candidates, and the numbers behind the tool outputs), and
 1. Turn 1 uses only what the task prompt shows: the history length and the genre concentration of the
    shown history, and how many candidates share a genre with it. A focused history (>= 5 items shown,
    top genre on >= 40% of them) calls `cf_scores` + `item_relations`; a thin or scattered one calls
-   `similar_users` + `cf_scores`.
+   `cf_scores` + `similar_users`. With a budget of <= 2 tool calls (the CPU presets) it calls `cf_scores`
+   alone and keeps the second call for turn 2.
 2. Turn 2 judges sufficiency from the observations: with the evidence so far, the fitted combination's
    leader must be in the top 2 of every collaborative signal seen and lead the runner-up by
    >= `MARGIN` standard deviations of the combined score. If so, it answers; otherwise it calls the
-   remaining collaborative tool, plus `item_info` on the candidates no collaborative signal has seen
-   (when there are >= 3 of them), and answers in turn 3.
+   remaining collaborative tool (item_relations first for a focused history, similar_users first
+   otherwise), plus `item_info` on the candidates no collaborative signal has seen (when there are >= 3
+   of them), within the budget, and answers in turn 3.
 3. The answer ranks all candidates by a weighted sum of per-episode z-scored signals (`RecEnv.signals`):
    genre_match (visible in the prompt) and the signal of each tool it called (cf_scores -> cf_als,
    item_relations -> item_relations, similar_users -> similar_users, item_info -> popularity, log1p).
+   In answer form (c) (`agent.evidence`) it promotes its leader and demotes its last candidate where
+   the environment's equal-weight order of the same evidence has them elsewhere.
    The weights of every evidence set are fitted on training episodes (`train.episodes`, tools over the
    training background) by coordinate search maximising mean NDCG@10 (`fit_weights`); `fit_teacher`
    caches them as JSON under `<benchmark>/teacher/`.
@@ -239,10 +243,15 @@ class BootstrapTeacher:
 
     name = NAME
 
-    def __init__(self, env, weights: TeacherWeights) -> None:
+    def __init__(
+        self, env, weights: TeacherWeights, *, answer_form: str = "ranking", max_tool_calls: int = 4
+    ) -> None:
         self.env = env
         self.weights = weights
+        self.answer_form = answer_form
+        self.max_tool_calls = max_tool_calls
         self._state: _State | None = None
+        self._focused = True  # the last first turn's judgement (focused history -> item_relations next)
 
     # -- observations ---------------------------------------------------------------------------------
     def _episode_state(self) -> _State:
@@ -284,8 +293,9 @@ class BootstrapTeacher:
         evidence = ["genre_match", *dict.fromkeys(TOOL_SIGNAL[c] for c in called if c in TOOL_SIGNAL)]
         if not called and not last:
             return self._first_turn(messages, st)
-        if not last and len(set(called)) <= 2 and not self._sufficient(st, evidence):
-            calls = self._second_calls(st, called)
+        room = self.max_tool_calls - len(called)
+        if not last and room > 0 and len(set(called)) <= 2 and not self._sufficient(st, evidence):
+            calls = self._second_calls(st, called)[:room]
             if calls:
                 return self._compose(self._observed(st, evidence), self._gap_plan(st, evidence, calls), calls)
         return self._answer(st, evidence)
@@ -330,10 +340,17 @@ class BootstrapTeacher:
         else:
             why = "short" if len(shown) < MIN_SHOWN else f"scattered (top genre on {top_share:.0%})"
             plan = (
-                f"The history is {why}: find users with similar histories and what they chose (similar_users), "
-                "and score the candidates with ALS (cf_scores)."
+                f"The history is {why}: score the candidates with ALS (cf_scores) and find users with similar "
+                "histories and what they chose (similar_users)."
             )
-            calls = [("similar_users", {"k": 10}), ("cf_scores", {"model": "als"})]
+            calls = [("cf_scores", {"model": "als"}), ("similar_users", {"k": 10})]
+        self._focused = focused
+        if self.max_tool_calls <= 2:  # a small budget: one signal first, a second only if it is not enough
+            plan = (
+                f"The history is {'focused' if focused else 'scattered or short'}: score the candidates with "
+                "ALS (cf_scores) first."
+            )
+            calls = calls[:1]
         return self._compose(analyze, plan, calls)
 
     def _sufficient(self, st: _State, evidence: Sequence[str]) -> bool:
@@ -358,7 +375,8 @@ class BootstrapTeacher:
 
     def _second_calls(self, st: _State, called: Sequence[str]) -> list[tuple[str, dict]]:
         calls: list[tuple[str, dict]] = []
-        for tool, args in (("item_relations", {}), ("similar_users", {"k": 10})):
+        second = (("item_relations", {}), ("similar_users", {"k": 10}))
+        for tool, args in second if self._focused else second[::-1]:
             if tool not in called:
                 calls.append((tool, args))
         evidence = ["genre_match", *(TOOL_SIGNAL[c] for c in called), *(TOOL_SIGNAL[c] for c, _ in calls)]
@@ -448,8 +466,27 @@ class BootstrapTeacher:
             f"{opening}: rank by the combined signals (weights: {used}); "
             f"{self._label(order[0])} leads by {lead:.2f} sd."
         )
-        answer = " > ".join(f"[{i + 1}]" for i in order)
+        if self.answer_form == "evidence":
+            answer = self._evidence_answer(st, evidence, order)
+        else:
+            answer = " > ".join(f"[{i + 1}]" for i in order)
         return f"<analyze>{analyze}</analyze>\n<plan>{plan}</plan>\n<answer>{answer}</answer>"
+
+    def _evidence_answer(self, st: _State, evidence: Sequence[str], order: np.ndarray) -> str:
+        """Answer form (c): promote the combined leader, demote the combined last, when the environment's
+        equal-weight order of the same evidence (`agent.evidence.base_order`) does not already have them
+        there. The environment then ranks the rest by that evidence.
+        """
+        from recthinker.agent.evidence import base_order
+
+        keys = [s for s in evidence if s != "genre_match"]  # what the environment sees: the tools called
+        if not keys:
+            return "promote; demote"  # unreachable: the teacher always calls cf_scores first
+        base = base_order(st.raw, keys)
+        promote = [int(order[0])] if base[0] != order[0] else []
+        demote = [int(order[-1])] if base[-1] != order[-1] else []
+        text = "promote " + " ".join(f"[{i + 1}]" for i in promote)
+        return (text.rstrip() + "; demote " + " ".join(f"[{i + 1}]" for i in demote)).rstrip()
 
     @staticmethod
     def _compose(analyze: str, plan: str, calls: Sequence[tuple[str, dict]]) -> str:
@@ -481,7 +518,16 @@ class TeacherRanker:
 
             env = RecEnv(self.resources)
             self._local.agent = RecThinker(
-                BootstrapTeacher(env, self.weights), env, items=self.items, config=self.config, name="teacher"
+                BootstrapTeacher(
+                    env,
+                    self.weights,
+                    answer_form=self.config.answer_form,
+                    max_tool_calls=self.config.max_tool_calls,
+                ),
+                env,
+                items=self.items,
+                config=self.config,
+                name="teacher",
             )
         return self._local.agent
 
