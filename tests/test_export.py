@@ -334,3 +334,57 @@ def test_llamacpp_on_export_decodes_like_transformers_with_peft(tmp_path: Path, 
     unpermuted = export_gguf(adapter, tmp_path / "unpermuted.gguf")
     runs = llama_greedy(unpermuted, prompts, 20)
     assert any(disagreements(peft_model, p, ids, lps) for p, (ids, lps) in zip(prompts, runs, strict=True))
+
+
+def test_model_lookup_runs_our_adapters_on_llamacpp(exported, tmp_path: Path, monkeypatch) -> None:
+    """`load_chat_model`: None -> the committed default adapter merged into the bundled GGUF (with the agent
+    settings it was trained with); "base" -> the untrained GGUF; an adapter trained on the bundled model's
+    transformers conversion -> llama.cpp on its export; and `default_config` applies the settings."""
+    from recthinker.agent import llm
+    from recthinker.agent.llm_llamacpp import LlamaCpp
+    from recthinker.agent.rankers import default_config
+
+    adapter, _, _ = exported
+    monkeypatch.setenv("RECTHINKER_CACHE", str(tmp_path / "cache"))
+    default = tmp_path / "default_model"
+    default.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (default / name).write_bytes((adapter / name).read_bytes())
+    settings = {
+        "answer_form": "evidence",
+        "max_steps": 3,
+        "max_tool_calls": 2,
+        "max_tokens": 224,
+        "n_history": 6,
+    }
+    (default / "agent.json").write_text(json.dumps(settings))
+    monkeypatch.setattr(llm, "DEFAULT_MODEL_DIR", default)
+
+    model = llm.load_chat_model(None)
+    assert isinstance(model, LlamaCpp) and model.model_path == adapter_gguf(default)
+    assert model.model_path.parent == tmp_path / "cache" / "gguf" and model.agent_settings == settings
+    config = default_config("agent", model)
+    assert (config.answer_form, config.max_tool_calls, config.max_steps, config.constrained) == (
+        "evidence",
+        2,
+        3,
+        True,
+    )
+    passive = default_config("fixed-workflow", model)
+    assert passive.answer_form == "ranking" and passive.n_history == 6
+    base = llm.load_chat_model("base")
+    assert base.model_path == llm.bundled_model_path() and not getattr(base, "agent_settings", None)
+
+    trained = tmp_path / "run" / "adapter"
+    trained.mkdir(parents=True)
+    config_json = json.loads((adapter / "adapter_config.json").read_text())
+    config_json["base_model_name_or_path"] = f"/somewhere/{llm.BUNDLED_HF_NAME}"
+    (trained / "adapter_config.json").write_text(json.dumps(config_json))
+    (trained / "adapter_model.safetensors").write_bytes((adapter / "adapter_model.safetensors").read_bytes())
+    assert isinstance(llm.load_chat_model(str(trained)), LlamaCpp)
+    (trained / "agent.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="agent.json"):
+        llm.load_chat_model(str(trained))
+
+    monkeypatch.setattr(llm, "DEFAULT_MODEL_DIR", tmp_path / "nothing")
+    assert llm.load_chat_model(None).model_path == llm.bundled_model_path()

@@ -128,7 +128,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     episode, proposed = make_episode(resources, args.user, args.history, args.candidates, seed=args.seed)
     model = load_chat_model(args.model)
     config = default_config("agent", model)
-    config.max_steps, config.max_tool_calls = args.max_steps, args.max_tool_calls
+    if args.max_steps is not None:
+        config.max_steps = args.max_steps
+    if args.max_tool_calls is not None:
+        config.max_tool_calls = args.max_tool_calls
     env = RecEnv(resources)
     agent = RecThinker(model, env, items=bench.items, config=config)
     console = None
@@ -240,10 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--candidates", nargs="*", default=None, help="item ids to rank (default: 10 proposed)")
     s.add_argument(
-        "--model", default=None, help="GGUF file, HF folder/adapter or server URL (default: bundled)"
+        "--model",
+        default=None,
+        help="GGUF file, HF folder/adapter, server URL, or 'base' (untrained SmolLM2); default: the trained default model",
     )
-    s.add_argument("--max-steps", type=int, default=6)
-    s.add_argument("--max-tool-calls", type=int, default=6)
+    s.add_argument("--max-steps", type=int, default=None, help="assistant turns (default: the model's own)")
+    s.add_argument(
+        "--max-tool-calls", type=int, default=None, help="tool-call budget (default: the model's own)"
+    )
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("--json", action="store_true", help="print one JSON object instead of the live view")
     s.set_defaults(func=cmd_recommend)
@@ -255,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="keep it on loopback unless a proxy handles access")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument(
-        "--model", default=None, help="GGUF file, HF folder/adapter or server URL (default: bundled)"
+        "--model",
+        default=None,
+        help="GGUF file, HF folder/adapter, server URL, or 'base' (untrained SmolLM2); default: the trained default model",
     )
     s.add_argument("--max-concurrency", type=int, default=4, help="requests served at once; more get 503")
     s.add_argument("--timeout-s", type=float, default=300.0, help="per-request timeout (504 after it)")

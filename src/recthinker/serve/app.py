@@ -507,7 +507,7 @@ def main(
         dataset: A bundled dataset name (`ml-1m`), a folder of atomic files or a prepared benchmark.
         host: Interface to bind (keep it on loopback unless a proxy in front handles access).
         port: TCP port.
-        model: Chat model spec for `load_chat_model` (None: the bundled SmolLM2 GGUF).
+        model: Chat model spec for `load_chat_model` (None: the default trained model).
         max_concurrency: Agent runs at once (more requests get 503).
         timeout_s: Wall-clock limit per request.
     """

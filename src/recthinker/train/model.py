@@ -21,12 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recthinker.agent.llm import bundled_model_path
+from recthinker.agent.llm import BUNDLED_HF_NAME, bundled_model_path  # llm.py knows our adapters by it
 from recthinker.data.dataset import cache_dir
 
 log = logging.getLogger(__name__)
-
-BUNDLED_HF_NAME = "smollm2-135m-instruct-hf"
 
 
 def chat_template() -> str:

@@ -66,6 +66,13 @@ def agent_config(preset: TrainPreset, mode: str = "agent", *, constrained: bool 
     )
 
 
+def write_agent_settings(adapter: Path, preset: TrainPreset) -> None:
+    """Record next to `adapter` the agent settings it was trained with (`agent.json`, read by `load_chat_model`)."""
+    cfg = agent_config(preset)
+    fields = ("answer_form", "max_steps", "max_tool_calls", "max_tokens", "n_history")
+    _write_json(Path(adapter) / "agent.json", {f: getattr(cfg, f) for f in fields})
+
+
 def _write_json(path: Path, value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -217,6 +224,7 @@ def _sft(run: Run, folder: Path, data: list[Path]) -> dict[str, Any]:
         seed=p.seed,
     )
     _free_accelerator()
+    write_agent_settings(adapter, p)
     lens = sorted(lengths)
     return {
         "adapter": str(adapter),
@@ -278,6 +286,7 @@ def _grpo(run: Run, folder: Path, adapter: Path) -> dict[str, Any]:
     finally:
         RecEnv.configure(None)
         _free_accelerator()
+    write_agent_settings(out, p)
     return {"adapter": str(out), "rows": len(rows)}
 
 
