@@ -88,6 +88,18 @@ def test_prepare_then_evaluate(tiny_dataset_dir, tmp_path, capsys):
     assert (run / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| pop |" in capsys.readouterr().out
 
+    # several sets in one command (OUT/<set>/ each, plus one summary.md), rankers named with LABEL=
+    both = tmp_path / "both"
+    argv = ["evaluate", "--dataset", str(out), "--set", "dense/test", "--set", "sparse/test"]
+    assert main([*argv, "--ranker", "pop", "--ranker", "popular=pop", "--out", str(both)]) == 0
+    for name in ("dense-test", "sparse-test"):
+        summary = json.loads((both / name / "summary.json").read_text())
+        assert set(summary) == {"pop", "popular"} and summary["pop"]["n"] == 5
+        assert summary["pop"]["ndcg@10"] == summary["popular"]["ndcg@10"]
+    text = (both / "summary.md").read_text()
+    assert "### dense/test (5 episodes)" in text and "### sparse/test (5 episodes)" in text
+    assert main([*argv, "--ranker", "pop@base", "--out", str(both)]) == 2  # a classic ranker takes no model
+
 
 def test_bad_input_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "bad").mkdir()
@@ -109,3 +121,14 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
         == 2
     )
     assert main(["evaluate", "--dataset", "nope", "--ranker", "pop", "--out", str(tmp_path / "r")]) == 2
+
+
+def test_ranker_specs_name_models_and_reject_bad_labels() -> None:
+    from recthinker.cli import parse_ranker_spec
+    from recthinker.errors import RecThinkerError
+
+    assert parse_ranker_spec("untrained=agent@base") == ("untrained", "agent", "base")
+    assert parse_ranker_spec("agent") == ("agent", "agent", None)
+    for bad in ("agent@", "x/y=agent", "agent@outputs/run/adapter"):
+        with pytest.raises(RecThinkerError):
+            parse_ranker_spec(bad)

@@ -54,8 +54,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_episodes(args: argparse.Namespace):
-    """(benchmark, episode-set name, episodes) from --episodes FILE or --dataset + --set."""
+def _resolve_episodes(args: argparse.Namespace, set_name: str):
+    """(benchmark, episode-set name, episodes) from --episodes FILE or --dataset + one --set."""
     from recthinker.data.benchmark import Benchmark, ensure_benchmark, find_manifest, read_episodes
 
     if args.episodes:
@@ -69,29 +69,79 @@ def _resolve_episodes(args: argparse.Namespace):
         episodes = read_episodes(args.episodes)
     else:
         bench = ensure_benchmark(args.dataset)
-        name = args.set
+        name = set_name
         episodes = bench.episodes(name)
     if args.limit:
         episodes = episodes[: args.limit]
     return bench, name, episodes
 
 
+def parse_ranker_spec(spec: str) -> tuple[str, str, str | None]:
+    """`[LABEL=]KIND[@MODEL]` -> (label, kind, model spec or None).
+
+    >>> parse_ranker_spec("sft=agent@outputs/train-cpu/sft/adapter")
+    ('sft', 'agent', 'outputs/train-cpu/sft/adapter')
+    >>> parse_ranker_spec("fixed-workflow@base")
+    ('fixed-workflow@base', 'fixed-workflow', 'base')
+    >>> parse_ranker_spec("ease")
+    ('ease', 'ease', None)
+    """
+    label, eq, rest = spec.partition("=")
+    if not eq:
+        label, rest = "", spec
+    kind, at, model = rest.partition("@")
+    if at and not model:
+        raise RecThinkerError(f"--ranker {spec!r}: nothing after '@' (give a model spec, e.g. agent@base)")
+    label = label or (f"{kind}@{model}" if at else kind)
+    if not label or any(c in label for c in "/\\") or label.startswith("."):
+        raise RecThinkerError(f"--ranker {spec!r}: name it with LABEL= (a folder name without slashes)")
+    return label, kind, model or None
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from recthinker.eval.harness import evaluate
     from recthinker.eval.report import markdown_table
 
-    bench, name, episodes = _resolve_episodes(args)
-    rankers = [build_ranker(r, bench, name, args) for r in args.ranker]
-    summary = evaluate(rankers, episodes, Path(args.out), resume=not args.no_resume, workers=args.workers)
-    print(markdown_table({r.name: summary[r.name] for r in rankers}))
-    print(f"\nwrote {args.out}/summary.json, summary.md, summary.csv, chart.png")
+    sets = [None] if args.episodes else (args.set or ["dense/test"])
+    specs = [parse_ranker_spec(r) for r in args.ranker]
+    models: dict[str, object] = {}  # one loaded chat model per spec, shared by the rankers that name it
+    tables = []
+    for set_name in sets:
+        bench, name, episodes = _resolve_episodes(args, set_name)
+        rankers = [
+            build_ranker(kind, bench, name, args, label, model, models) for label, kind, model in specs
+        ]
+        out = Path(args.out) if len(sets) == 1 else Path(args.out) / name.replace("/", "-")
+        summary = evaluate(rankers, episodes, out, resume=not args.no_resume, workers=args.workers)
+        table = markdown_table({r.name: summary[r.name] for r in rankers})
+        tables.append(f"### {name} ({len(episodes)} episodes)\n\n{table}\n")
+        print(tables[-1])
+        print(f"wrote {out}/summary.json, summary.md, summary.csv, chart.png")
+    if len(sets) > 1:
+        Path(args.out, "summary.md").write_text("\n".join(tables), encoding="utf-8")
+        print(f"wrote {args.out}/summary.md (every set)")
     return 0
 
 
-def build_ranker(kind: str, bench, name: str, args: argparse.Namespace):
-    """A Ranker for the episodes of set `name` in `bench` (classic scorers are fitted on its background)."""
+def build_ranker(
+    kind: str,
+    bench,
+    name: str,
+    args: argparse.Namespace,
+    label: str | None = None,
+    model: str | None = None,
+    models: dict | None = None,
+):
+    """A Ranker for the episodes of set `name` in `bench` (classic scorers are fitted on its background).
+
+    LLM rankers use `model` (from `KIND@MODEL`) or `--model`; `models` caches loaded chat models by spec.
+    """
     import numpy as np
 
+    if model is not None and kind not in LLM_RANKERS:
+        raise RecThinkerError(
+            f"--ranker {kind}@{model}: only LLM rankers ({', '.join(LLM_RANKERS)}) take a model"
+        )
     if kind in CLASSIC_RANKERS:
         from recthinker.baselines import make_scorer
         from recthinker.baselines.base import ScorerRanker, fit_or_load
@@ -100,18 +150,27 @@ def build_ranker(kind: str, bench, name: str, args: argparse.Namespace):
         scorer = fit_or_load(
             make_scorer(kind), background, bench.root / "models", np.random.default_rng(args.seed)
         )
-        return ScorerRanker(scorer, name=kind)
-    if kind == "teacher":
+        ranker = ScorerRanker(scorer, name=kind)
+    elif kind == "teacher":
         from recthinker.train.teacher import make_teacher_ranker
 
-        return make_teacher_ranker(bench, name, seed=args.seed)
-    if kind in LLM_RANKERS:
+        ranker = make_teacher_ranker(bench, name, seed=args.seed)
+    elif kind in LLM_RANKERS:
+        from recthinker.agent.llm import load_chat_model
         from recthinker.agent.rankers import make_llm_ranker
 
-        return make_llm_ranker(kind, bench, name, model=args.model, seed=args.seed)
-    raise RecThinkerError(
-        f"unknown ranker {kind!r}: use one of {CLASSIC_RANKERS + LLM_RANKERS + OTHER_RANKERS}"
-    )
+        spec = model if model is not None else args.model
+        models = {} if models is None else models
+        if spec not in models:
+            models[spec] = load_chat_model(spec)
+        ranker = make_llm_ranker(kind, bench, name, model=models[spec], seed=args.seed)
+    else:
+        raise RecThinkerError(
+            f"unknown ranker {kind!r}: use one of {CLASSIC_RANKERS + LLM_RANKERS + OTHER_RANKERS}"
+        )
+    if label:
+        ranker.name = label
+    return ranker
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -217,11 +276,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", help="bundled dataset name (prepared into the cache on first use)")
     s.add_argument(
         "--set",
-        default="dense/test",
-        help="episode set with --dataset (dense/test, sparse/test, loo/test, ...)",
+        action="append",
+        default=None,
+        help="episode set with --dataset (dense/test, sparse/test, loo/test, ...); repeat for several "
+        "(each goes to OUT/<set>); default dense/test",
     )
     s.add_argument(
-        "--ranker", action="append", required=True, help=f"one of {', '.join(CLASSIC_RANKERS + LLM_RANKERS)}"
+        "--ranker",
+        action="append",
+        required=True,
+        help=f"[LABEL=]KIND[@MODEL]: KIND one of {', '.join(CLASSIC_RANKERS + LLM_RANKERS)}; LLM kinds "
+        "take a model spec after @ (e.g. fixed-workflow@base, sft=agent@outputs/train-cpu/sft/adapter)",
     )
     s.add_argument(
         "--out", required=True, help="output folder (per-ranker JSONL, summary.{json,md,csv}, chart.png)"

@@ -116,9 +116,12 @@ class AgentRanker:
 
 
 def make_llm_ranker(
-    kind: str, bench, episode_set: str, *, model: str | None = None, seed: int = 42
+    kind: str, bench, episode_set: str, *, model: str | ChatModel | None = None, seed: int = 42
 ) -> AgentRanker:
-    """An LLM ranker of `kind` (agent | zero-shot | fixed-workflow) for episodes of `episode_set`."""
+    """An LLM ranker of `kind` (agent | zero-shot | fixed-workflow | ...) for episodes of `episode_set`.
+
+    `model` is a `load_chat_model` spec or an already loaded `ChatModel` (shared between rankers).
+    """
     from recthinker.tools.resources import load_resources
 
     if kind not in (
@@ -131,7 +134,7 @@ def make_llm_ranker(
     ):
         raise ConfigError(f"unknown LLM ranker {kind!r}")
     resources = load_resources(bench, episode_set, seed=seed)
-    chat = load_chat_model(model)
+    chat = load_chat_model(model) if model is None or isinstance(model, str) else model
     if kind.startswith("pointwise"):
         from recthinker.agent.pointwise import PointwiseRanker
 
