@@ -109,6 +109,25 @@ def test_training_render_matches_prompt_mode(tokenizer) -> None:
     assert json.loads(calls[0]["function"]["arguments"]) == {"k": 5}
 
 
+def test_llamacpp_renders_what_training_rendered(tokenizer) -> None:
+    """llama.cpp serves the bundled GGUF (and its adapter exports) with the GGUF's own SmolLM2 template; on
+    the agent's prompt-mode messages that template writes exactly the text SFT and GRPO trained on."""
+    import gguf
+
+    from recthinker.agent.llm import bundled_model_path
+
+    field = gguf.GGUFReader(bundled_model_path()).fields["tokenizer.chat_template"]
+    smollm2 = bytes(field.parts[field.data[0]]).decode()
+    traj = trajectory()
+    row = training_row(traj.to_sft_row())
+    trained = tokenizer.apply_chat_template(row["messages"], tools=row["tools"], tokenize=False)
+    served = tokenizer.apply_chat_template(
+        render_for_prompt_mode(traj.messages), tokenize=False, chat_template=smollm2
+    )
+    assert served == trained
+    assert "You are a helpful AI assistant named SmolLM" not in served  # our system prompt, not its default
+
+
 def test_sft_dataset_keeps_each_rows_argument_keys() -> None:
     rows = [trajectory().to_sft_row(), trajectory("item_info", '{"item_ids": ["m1"]}').to_sft_row()]
     ds = sft_dataset(rows)
