@@ -68,6 +68,7 @@ class TrainPreset:
     grpo_episodes: int = 4  # first N training episodes used as GRPO prompts
     num_generations: int = 2  # group size G (one prompt x G completions per step)
     max_completion_length: int = 512  # tokens of the whole multi-turn completion, tool results included
+    # (teacher rows of the CPU presets: ~1k prompt tokens, then 350-1100 completion tokens)
     grpo_learning_rate: float = 2e-5  # constant learning rate
     grpo_temperature: float = 1.0  # sampling temperature of the group
     use_vllm: bool = False  # GRPO generation through vLLM (TRL `use_vllm`; GPU only)
@@ -122,7 +123,7 @@ SMOKE = TrainPreset(
     grpo_max_steps=1,
     grpo_episodes=1,
     num_generations=2,
-    max_completion_length=256,
+    max_completion_length=640,
     eval_backend="llamacpp",
     eval_sets=("dense/test", "sparse/test"),
     eval_limit=3,
@@ -144,8 +145,8 @@ CPU = TrainPreset(
     grpo_max_steps=6,
     grpo_episodes=24,
     num_generations=4,
-    max_completion_length=384,
-    grpo_learning_rate=2e-5,
+    max_completion_length=768,
+    grpo_learning_rate=5e-5,
     eval_backend="llamacpp",
     eval_sets=("dense/test", "sparse/test"),
     eval_limit=20,
