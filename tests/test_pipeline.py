@@ -149,6 +149,24 @@ def test_train_pipeline_end_to_end_and_resume(tiny_benchmark, tiny_model: Path, 
     if step["frac_reward_zero_std"] < 1.0:
         assert any(not torch.equal(sft[k], grpo[k]) for k in sft)
 
+    # publishing copies the final (GRPO) adapter with the settings it was trained with and a manifest
+    from recthinker.train.pipeline import publish_adapter
+
+    published = publish_adapter(out, tmp_path / "default_model")
+    assert sorted(p.name for p in published.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "agent.json",
+        "manifest.json",
+    ]
+    manifest = json.loads((published / "manifest.json").read_text())
+    assert manifest["adapter_from"] == "grpo/adapter" and manifest["preset"]["sft_max_steps"] == 3
+    assert manifest["metrics"]["grpo"] == on_disk["grpo"] and len(manifest["sha256"]["sft_rows"]) == 64
+    assert json.loads((published / "agent.json").read_text())["answer_form"] == preset.answer_form
+    assert (published / "adapter_model.safetensors").read_bytes() == (
+        out / "grpo/adapter/adapter_model.safetensors"
+    ).read_bytes()
+
     # a second run resumes: every stage is skipped, the adapters are untouched, the metrics are the same
     mtime = (out / "sft/adapter/adapter_model.safetensors").stat().st_mtime_ns
     again = run_pipeline(preset, out, dataset=str(tiny_benchmark.root), model=tiny_model)

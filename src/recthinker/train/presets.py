@@ -149,7 +149,7 @@ CPU = TrainPreset(
     grpo_learning_rate=5e-5,
     eval_backend="llamacpp",
     eval_sets=("dense/test", "sparse/test"),
-    eval_limit=20,
+    eval_limit=10,
     references=("teacher", "fixed-workflow"),
     torch_threads=2,
 )
