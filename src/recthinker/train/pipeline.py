@@ -278,6 +278,7 @@ def _grpo(run: Run, folder: Path, adapter: Path) -> dict[str, Any]:
             max_completion_length=p.max_completion_length,
             max_tool_calling_iterations=max(1, p.max_steps - 1),
             temperature=p.grpo_temperature,
+            top_p=p.grpo_top_p,
             learning_rate=p.grpo_learning_rate,
             gradient_checkpointing=p.gradient_checkpointing,
             seed=p.seed,
@@ -313,7 +314,8 @@ def eval_model(run: Run, adapter: Path | None) -> Any:
         from recthinker.agent.llm import LlamaCpp, bundled_model_path
         from recthinker.train.export import adapter_gguf
 
-        return LlamaCpp(bundled_model_path() if adapter is None else adapter_gguf(adapter))
+        path = bundled_model_path() if adapter is None else adapter_gguf(adapter)
+        return LlamaCpp(path, n_threads=p.eval_threads)
     from recthinker.agent.llm_hf import HFChat
 
     return HFChat(run.model, adapter_dir=adapter, device=p.device, dtype=p.dtype)

@@ -2,19 +2,24 @@
 
     preset = with_overrides(PRESETS["smoke"], ["sft_max_steps=2", "eval_limit=3"])
 
-`smoke` checks every stage end to end on ML-1M in under 15 minutes on two idle CPU cores (a tiny slice,
-SmolLM2-135M, a handful of steps: it measures nothing). `cpu` is the under-an-hour CPU recipe (more rows and
-steps, still far from convergence). `gpu` is the recipe for a 1.5B-7B instruct model from a local folder
+`smoke` checks every stage end to end on ML-1M in under 15 minutes on two CPU cores (a tiny slice,
+SmolLM2-135M, a handful of steps: it measures nothing). `cpu` is the under-an-hour CPU recipe that produces
+the committed default model. `gpu` is the recipe for a 1.5B-7B instruct model from a local folder
 (`--model`) on one GPU; rollouts of the trained models can go through a vLLM server instead
-(`recipes/train_gpu.sh`). Rows of this pipeline are long (the seven tool schemas alone are ~800 tokens),
-so the CPU presets train with batch 1 + gradient accumulation and drop rows longer than `max_length`
-rather than truncate them (a truncated demonstration loses its final answer).
+(`recipes/train_gpu.sh`).
 
-Measured for `smoke` on ML-1M, 2 cores shared with other jobs (load ~6): rollout 48 s (40 teacher episodes,
-training tools built), filter 0.1 s (32 of 40 rows kept, 2.5-3.4k tokens each), SFT 742 s for 4 steps of one
-row (with TRL's default gradient checkpointing, now off), one GRPO step still generating after 16 minutes and
-one untrained evaluation episode (3 turns x 256 tokens) after 8 minutes, both stopped. Generation dominates:
-the 15-minute target for idle cores is not verified.
+What makes the CPU presets fit: (1) rows of ~1.5k tokens -- one line per tool in the chat template instead of
+JSON schemas, a 2-call budget with one tool per turn; (2) answer form (c), promote/demote over the gathered
+evidence, which a 135M model learns from ~200 demonstrations where a full permutation it does not (the issue's
+measurement: tau vs the scores ~0 after 100 steps); (3) LoRA on the top 10 of 30 layers, so the backward
+pass stops there (18 s instead of 30 s per 1.5k-token row on one thread); (4) evaluation through llama.cpp
+on the GGUF export of each adapter instead of transformers generation; (5) GRPO sampling at T=0.5, top-p
+0.9: at T=1 the SFT model writes no valid turn and every group's advantage is zero. Rows longer than
+`max_length` are dropped, not truncated (a truncated demonstration loses its final answer).
+
+Measured for `cpu` on ML-1M, 2 cores: teacher rollouts 42 s (300 episodes, training tools built), filter
+0.1 s (242 of 300 kept), SFT 1144 s (36 steps x 2 rows, 177 rows of <= 2048 tokens, median 1478; 65 two-call
+rows were longer and dropped), loss 2.48 -> 0.14.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class TrainPreset:
     # (teacher rows of the CPU presets: ~1k prompt tokens, then 350-1100 completion tokens)
     grpo_learning_rate: float = 2e-5  # constant learning rate
     grpo_temperature: float = 1.0  # sampling temperature of the group
+    grpo_top_p: float = 1.0  # nucleus sampling of the group (a 135M model at T=1 writes no valid turn)
     use_vllm: bool = False  # GRPO generation through vLLM (TRL `use_vllm`; GPU only)
     vllm_mode: str = "colocate"  # "colocate" (same process/GPU) | "server" (`trl vllm-serve` on other GPUs)
     gradient_checkpointing: bool = False  # trade compute for memory in SFT and GRPO (large models)
@@ -124,7 +130,10 @@ SMOKE = TrainPreset(
     grpo_episodes=1,
     num_generations=2,
     max_completion_length=640,
+    grpo_temperature=0.5,
+    grpo_top_p=0.9,
     eval_backend="llamacpp",
+    eval_threads=2,
     eval_sets=("dense/test", "sparse/test"),
     eval_limit=3,
     torch_threads=2,
@@ -142,12 +151,15 @@ CPU = TrainPreset(
     sft_batch_size=1,
     sft_grad_accum=2,
     sft_learning_rate=1e-3,
-    grpo_max_steps=6,
+    grpo_max_steps=3,
     grpo_episodes=24,
     num_generations=4,
     max_completion_length=768,
     grpo_learning_rate=5e-5,
+    grpo_temperature=0.5,
+    grpo_top_p=0.9,
     eval_backend="llamacpp",
+    eval_threads=2,
     eval_sets=("dense/test", "sparse/test"),
     eval_limit=10,
     references=("teacher", "fixed-workflow"),
