@@ -5,8 +5,10 @@
 1. *Framework overhead*: every cost of an episode except model time -- prompt building, parsing, tool calls,
    trajectory bookkeeping -- measured by driving the real loop with the bootstrap teacher (a scripted
    policy whose "generation" takes microseconds) over dense/valid episodes.
-2. *Bundled-model latency*: the same episodes with SmolLM2-135M in-process (llama.cpp, one thread,
-   grammar-constrained turns): seconds per episode, model share, tokens/s, valid rate.
+2. *Default-model latency*: the same episodes with the default model (`--model`, default: the committed
+   adapter merged into the bundled SmolLM2-135M GGUF; `base` for the untrained one) in-process (llama.cpp,
+   one thread, grammar-constrained turns, the agent settings it was trained with): seconds per episode,
+   model share, tokens/s, valid rate.
 3. *Throughput*: episodes per minute against one local llama.cpp server on 127.0.0.1 with 1 and 4 client
    workers (server slots = workers).
 
@@ -22,9 +24,9 @@ import statistics
 import time
 from pathlib import Path
 
-from recthinker.agent.llm import LlamaCpp, OpenAICompatible, bundled_model_path, serve_llamacpp
-from recthinker.agent.loop import AgentConfig, RecThinker
-from recthinker.agent.rankers import AgentRanker
+from recthinker.agent.llm import OpenAICompatible, load_chat_model, serve_llamacpp
+from recthinker.agent.loop import RecThinker
+from recthinker.agent.rankers import AgentRanker, default_config
 from recthinker.data.benchmark import ensure_benchmark
 from recthinker.eval.harness import evaluate
 from recthinker.tools.env import RecEnv
@@ -57,9 +59,8 @@ def overhead(bench, resources, episodes) -> dict:
     }
 
 
-def bundled(bench, resources, episodes) -> dict:
-    model = LlamaCpp(bundled_model_path(), n_threads=1)
-    agent = RecThinker(model, RecEnv(resources), items=bench.items, config=AgentConfig(constrained=True))
+def bundled(bench, resources, episodes, model) -> dict:
+    agent = RecThinker(model, RecEnv(resources), items=bench.items, config=default_config("agent", model))
     rows = []
     for e in episodes:
         t0 = time.perf_counter()
@@ -92,10 +93,12 @@ def bundled(bench, resources, episodes) -> dict:
     }
 
 
-def throughput(bench, resources, episodes, out: Path, workers: int) -> dict:
-    with serve_llamacpp(bundled_model_path(), n_threads=1, n_parallel=workers, n_ctx=8192 * workers) as url:
+def throughput(bench, resources, episodes, out: Path, workers: int, local) -> dict:
+    with serve_llamacpp(local.model_path, n_threads=1, n_parallel=workers, n_ctx=8192 * workers) as url:
         model = OpenAICompatible(url, timeout_s=900, max_concurrency=workers)
-        ranker = AgentRanker("agent", model, resources, bench.items, AgentConfig(max_steps=2, max_tokens=128))
+        config = default_config("agent", local)
+        config.constrained = False  # a remote server gets free text (the agent's default for servers)
+        ranker = AgentRanker("agent", model, resources, bench.items, config)
         t0 = time.perf_counter()
         evaluate([ranker], episodes, out / f"throughput-w{workers}", workers=workers, resume=False)
         wall = time.perf_counter() - t0
@@ -112,6 +115,7 @@ def main() -> None:
     p.add_argument("--dataset", default="ml-1m")
     p.add_argument("--out", default="outputs/bench-agent")
     p.add_argument("--episodes", type=int, default=5, help="dense/valid episodes for the model runs")
+    p.add_argument("--model", default=None, help="a GGUF / adapter spec; default: the default model; 'base'")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -121,16 +125,19 @@ def main() -> None:
     load = os.getloadavg()[0]
     result = {"load_avg_1m_at_start": load, "cpus": os.cpu_count()}
     result["overhead"] = overhead(bench, resources, bench.episodes("dense/valid")[:25])
-    result["bundled"] = bundled(bench, resources, episodes)
+    model = load_chat_model(args.model)
+    result["model"] = getattr(model, "name", str(args.model))
+    result["bundled"] = bundled(bench, resources, episodes, model)
+    model.close()
     result["overhead_share_of_bundled_episode"] = result["overhead"]["mean_s"] / result["bundled"]["mean_s"]
-    result["throughput"] = [throughput(bench, resources, episodes, out, w) for w in (1, 4)]
+    result["throughput"] = [throughput(bench, resources, episodes, out, w, model) for w in (1, 4)]
     (out / "agent.json").write_text(json.dumps(result, indent=2))
     o, b = result["overhead"], result["bundled"]
     md = [
         "| measure | value |",
         "|---|---|",
         f"| framework overhead per episode (scripted policy, {o['episodes']} runs) | {1000 * o['mean_s']:.1f} ms mean, {1000 * o['p99_s']:.1f} ms p99 |",
-        f"| bundled SmolLM2-135M episode ({b['episodes']} dense/valid) | {b['mean_s']:.1f} s mean, {b['p50_s']:.1f} s p50 |",
+        f"| {result['model']} episode ({b['episodes']} dense/valid) | {b['mean_s']:.1f} s mean, {b['p50_s']:.1f} s p50 |",
         f"| overhead share of a bundled-model episode | {100 * result['overhead_share_of_bundled_episode']:.2f}% |",
         f"| bundled model: model-time share, tokens/s, valid rate | {100 * b['model_share']:.1f}%, {b['tokens_per_s']:.0f}, {b['valid_rate']:.2f} |",
         *(
