@@ -85,9 +85,8 @@ class TrainPreset:
     eval_limit: int = 5  # first N episodes of each set (0 = all)
     references: tuple[str, ...] = ()  # also evaluate: teacher | zero-shot | fixed-workflow (base model)
     # -- back end -------------------------------------------------------------------------------------------
-    eval_backend: str = (
-        "hf"  # "llamacpp": evaluate GGUF exports (base GGUF, adapters merged) | "hf": transformers
-    )
+    eval_backend: str = "hf"  # "llamacpp": GGUF exports (base GGUF, adapters merged) | "hf": transformers
+    eval_threads: int = 1  # llama.cpp threads in evaluation (2 on a dedicated 2-core machine; 1 if shared)
     device: str = "cpu"  # torch device of the evaluated / sampled models ("cuda" on a GPU)
     dtype: str = "float32"  # their dtype ("bfloat16" on a GPU)
     torch_threads: int = 0  # torch.set_num_threads (0 = leave torch's default)
