@@ -162,7 +162,7 @@ def build_ranker(
         spec = model if model is not None else args.model
         models = {} if models is None else models
         if spec not in models:
-            models[spec] = load_chat_model(spec)
+            models[spec] = load_chat_model(spec, n_threads=getattr(args, "threads", 1))
         ranker = make_llm_ranker(kind, bench, name, model=models[spec], seed=args.seed)
     else:
         raise RecThinkerError(
@@ -293,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--model", default=None, help="LLM rankers: GGUF file, HF folder/adapter, or server URL")
     s.add_argument("--workers", type=int, default=1, help="episodes ranked concurrently (LLM servers)")
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads of in-process llama.cpp models (1 when the CPU is shared)",
+    )
     s.add_argument("--limit", type=int, default=0, help="only the first N episodes (0 = all)")
     s.add_argument("--seed", type=int, default=42)
     s.add_argument(

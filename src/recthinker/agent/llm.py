@@ -299,18 +299,18 @@ def _trained_on_bundled(adapter_dir: Path) -> bool:
     return Path(str(config.get("base_model_name_or_path") or "")).name == BUNDLED_HF_NAME
 
 
-def _adapter_on_llamacpp(adapter_dir: Path) -> ChatModel:
+def _adapter_on_llamacpp(adapter_dir: Path, n_threads: int = 1) -> ChatModel:
     from recthinker.agent.llm_llamacpp import LlamaCpp
     from recthinker.train.export import adapter_gguf
 
-    model = LlamaCpp(adapter_gguf(adapter_dir))
+    model = LlamaCpp(adapter_gguf(adapter_dir), n_threads=n_threads)
     model.name = f"smollm2-135m+{adapter_dir.name}"
     model.agent_settings = agent_settings(adapter_dir)
     return model
 
 
-def load_chat_model(spec: str | None) -> ChatModel:
-    """Build a chat model from a short spec.
+def load_chat_model(spec: str | None, *, n_threads: int = 1) -> ChatModel:
+    """Build a chat model from a short spec (`n_threads`: CPU threads of in-process llama.cpp models).
 
     Args:
         spec: None for the default model (the committed trained adapter on the bundled SmolLM2 GGUF,
@@ -325,10 +325,10 @@ def load_chat_model(spec: str | None) -> ChatModel:
     if spec is None or spec == "base":
         adapter = default_adapter_dir() if spec is None else None
         if adapter is not None:
-            return _adapter_on_llamacpp(adapter)
+            return _adapter_on_llamacpp(adapter, n_threads)
         from recthinker.agent.llm_llamacpp import LlamaCpp
 
-        return LlamaCpp(bundled_model_path())
+        return LlamaCpp(bundled_model_path(), n_threads=n_threads)
     if spec.startswith(("http://", "https://")):
         from recthinker.agent.llm_openai import OpenAICompatible
 
@@ -340,7 +340,7 @@ def load_chat_model(spec: str | None) -> ChatModel:
             raise ConfigError(f"GGUF model file not found: {path}")
         from recthinker.agent.llm_llamacpp import LlamaCpp
 
-        return LlamaCpp(path)
+        return LlamaCpp(path, n_threads=n_threads)
     if path.is_dir():
         from recthinker.agent.llm_hf import HFChat
 
@@ -348,7 +348,7 @@ def load_chat_model(spec: str | None) -> ChatModel:
         if not adapter_config.is_file():
             return HFChat(path)
         if _trained_on_bundled(path):
-            return _adapter_on_llamacpp(path)
+            return _adapter_on_llamacpp(path, n_threads)
         base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
         if not base or not Path(base).is_dir():
             raise ConfigError(
