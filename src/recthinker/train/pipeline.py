@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from recthinker.errors import ConfigError, RecThinkerError
-from recthinker.train.presets import PRESETS, TrainPreset, with_overrides
+from recthinker.train.presets import CLASSIC, PRESETS, TrainPreset, with_overrides
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +330,15 @@ def _ranker(run: Run, name: str, adapter: Path | None, resources) -> Any:
         from recthinker.train.teacher import TeacherRanker
 
         return TeacherRanker(resources, run.bench.items, run.weights, agent_config(p))
+    if name in CLASSIC:  # fitted on this set's background (cached under the benchmark), as `evaluate` does
+        import numpy as np
+
+        from recthinker.baselines import make_scorer
+        from recthinker.baselines.base import ScorerRanker, fit_or_load
+
+        rng = np.random.default_rng(resources.seed)
+        scorer = fit_or_load(make_scorer(name), resources.log, resources.model_dir, rng)
+        return ScorerRanker(scorer, name=name)
     chat = eval_model(run, adapter)
     kind = name if name in ("zero-shot", "fixed-workflow") else "agent"
     config = agent_config(p, kind, constrained=p.eval_backend == "llamacpp")
@@ -362,17 +371,18 @@ def pooled_metrics(out: Path, name: str, sets: tuple[str, ...], by_set: dict[str
 
     rows = [r for s in sets for r in read_rows(out / "eval" / s.replace("/", "-") / name / "episodes.jsonl")]
     s = summarize_rows(rows)
+    keys = ("n", "ndcg@1", "ndcg@5", "ndcg@10", "hr@5", "invalid_rate", "mean_tool_calls")
     return {
         "ndcg@10": float(s["ndcg@10"]),
         "invalid_rate": float(s["invalid_rate"]),
         "mean_tool_calls": float(s.get("mean_tool_calls", 0.0)),
+        "ndcg@1": float(s["ndcg@1"]),
+        "ndcg@5": float(s["ndcg@5"]),
         "hr@10": float(s["hr@10"]),
         "n": int(s["n"]),
         "mean_tau_vs_signal": s.get("mean_tau_vs_signal"),
-        "by_set": {
-            k: {m: v[m] for m in ("n", "ndcg@10", "hr@10", "invalid_rate") if m in v}
-            for k, v in by_set.items()
-        },
+        "mean_latency_s": s.get("mean_latency_s"),
+        "by_set": {k: {m: v[m] for m in keys if m in v} for k, v in by_set.items()},
     }
 
 
@@ -504,15 +514,16 @@ def summary_markdown(metrics: dict[str, Any], config: dict[str, Any]) -> str:
         f"Dataset `{config['dataset']}`, model `{config['model']}`; evaluated on "
         f"{', '.join(p['eval_sets'])} (first {p['eval_limit'] or 'all'} episodes each).",
         "",
-        "| model | n | NDCG@10 | HR@10 | invalid | tools/ep | tau vs ALS |",
-        "|---|---|---|---|---|---|---|",
+        "| model | n | NDCG@1 | NDCG@5 | NDCG@10 | invalid | tools/ep | tau vs ALS | s/episode |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in metrics.items():
         if isinstance(m, dict) and "ndcg@10" in m:
-            tau = m.get("mean_tau_vs_signal")
+            tau, lat = m.get("mean_tau_vs_signal"), m.get("mean_latency_s")
             lines.append(
-                f"| {name} | {m['n']} | {m['ndcg@10']:.3f} | {m['hr@10']:.3f} | {100 * m['invalid_rate']:.0f}% "
-                f"| {m['mean_tool_calls']:.2f} | {'-' if tau is None else f'{tau:.2f}'} |"
+                f"| {name} | {m['n']} | {m.get('ndcg@1', float('nan')):.3f} | {m.get('ndcg@5', float('nan')):.3f} "
+                f"| {m['ndcg@10']:.3f} | {100 * m['invalid_rate']:.0f}% | {m['mean_tool_calls']:.2f} "
+                f"| {'-' if tau is None else f'{tau:.2f}'} | {'-' if lat is None else f'{lat:.1f}'} |"
             )
     f = metrics["filter"]
     lines += [

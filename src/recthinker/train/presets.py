@@ -30,6 +30,9 @@ from typing import Any, get_type_hints
 
 from recthinker.errors import ConfigError
 
+CLASSIC = ("random", "pop", "itemknn", "ease", "als", "bpr", "sasrec")  # fitted on each set's background
+REFERENCES = ("teacher", "zero-shot", "fixed-workflow", *CLASSIC)
+
 
 @dataclass
 class TrainPreset:
@@ -83,7 +86,9 @@ class TrainPreset:
     # -- evaluation -------------------------------------------------------------------------------------
     eval_sets: tuple[str, ...] = ("dense/valid", "sparse/valid")  # benchmark episode sets
     eval_limit: int = 5  # first N episodes of each set (0 = all)
-    references: tuple[str, ...] = ()  # also evaluate: teacher | zero-shot | fixed-workflow (base model)
+    references: tuple[
+        str, ...
+    ] = ()  # also evaluate: teacher | zero-shot | fixed-workflow (base model) | classic
     # -- back end -------------------------------------------------------------------------------------------
     eval_backend: str = "hf"  # "llamacpp": GGUF exports (base GGUF, adapters merged) | "hf": transformers
     eval_threads: int = 1  # llama.cpp threads in evaluation (2 on a dedicated 2-core machine; 1 if shared)
@@ -99,9 +104,9 @@ class TrainPreset:
             raise ConfigError(f"ndcg_threshold must be in [0, 1], got {self.ndcg_threshold}")
         if self.grpo_max_steps > 0 and self.num_generations < 2:
             raise ConfigError(f"GRPO needs num_generations >= 2, got {self.num_generations}")
-        unknown = set(self.references) - {"teacher", "zero-shot", "fixed-workflow"}
+        unknown = set(self.references) - set(REFERENCES)
         if unknown:
-            raise ConfigError(f"unknown references {sorted(unknown)}: use teacher, zero-shot, fixed-workflow")
+            raise ConfigError(f"unknown references {sorted(unknown)}: use {', '.join(REFERENCES)}")
         if self.vllm_mode not in ("colocate", "server"):
             raise ConfigError(f"vllm_mode must be 'colocate' or 'server', got {self.vllm_mode!r}")
         if self.answer_form not in ("ranking", "evidence"):
@@ -161,7 +166,7 @@ CPU = TrainPreset(
     eval_threads=2,
     eval_sets=("dense/test", "sparse/test"),
     eval_limit=10,
-    references=("teacher", "fixed-workflow"),
+    references=("teacher", "fixed-workflow", "pop", "itemknn", "ease", "als", "sasrec"),
     torch_threads=2,
 )
 
