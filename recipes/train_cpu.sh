@@ -15,16 +15,14 @@ export TQDM_DISABLE="${TQDM_DISABLE:-1}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"  # two cores; with a busy neighbour one thread is faster
 
 for preset in $STAGES; do
-  recthinker -v train --preset "$preset" --dataset ml-1m --out "outputs/train-$preset"
+  if [ "$preset" = cpu ]; then
+    # the cpu preset's final adapter is the committed default model: publish it there (a git diff shows what moved)
+    recthinker -v train --preset cpu --dataset ml-1m --out outputs/train-cpu --publish src/recthinker/agent/default_model
+  else
+    recthinker -v train --preset "$preset" --dataset ml-1m --out "outputs/train-$preset"
+  fi
   cat "outputs/train-$preset/summary.md"
 done
 
-# Verb by verb (the cpu preset's values):
-#   recthinker rollout --policy teacher --episodes 200 --out outputs/manual/rollout.jsonl
-#   recthinker filter  --in outputs/manual/rollout.jsonl --out outputs/manual/sft.jsonl --ndcg-threshold 0.6
-#   recthinker sft     --data outputs/manual/sft.jsonl --out outputs/manual/sft --max-steps 40 --grad-accum 4 \
-#                      --max-length 4096
-#   recthinker grpo    --model outputs/manual/sft/adapter --episodes 8 --out outputs/manual/grpo \
-#                      --grpo-steps 4 --num-generations 2 --max-completion-length 768
-#   recthinker evaluate --dataset ml-1m --set dense/test --limit 10 --ranker agent \
-#                      --model outputs/manual/grpo/adapter --out outputs/manual/eval-dense
+# The stages are also verbs (`recthinker rollout | filter | sft | grpo | evaluate --help`); the settings the
+# presets use, and why, are in src/recthinker/train/presets.py. `train` is the tested way to chain them.

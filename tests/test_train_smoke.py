@@ -92,7 +92,7 @@ def test_training_render_matches_prompt_mode(tokenizer) -> None:
     system_t, rest_t = trained.split("<|im_end|>\n", 1)
     system_p, rest_p = prompt_mode.split("<|im_end|>\n", 1)
     assert rest_t == rest_p  # user task, assistant tool call, tool response, answer: byte-identical
-    # the prompt-mode tools block ends with one extra newline (tools.md's final line break)
+    # the system turn: protocol + one line per tool, the same in both renderings
     assert system_t == system_p.rstrip("\n")
     assert trained.count("# Tools") == 1
     assert '<tool_call>\n{"name": "user_history", "arguments": {"k": 5}}\n</tool_call>' in trained

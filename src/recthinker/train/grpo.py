@@ -5,8 +5,8 @@
     adapter = run_grpo(rows, "outputs/sft-smollm2/adapter", Path("outputs/grpo"), RecEnv, max_steps=50)
 
 Each row's `prompt` is the agent loop's own system prompt and task message (`grpo_row`); TRL renders it with
-the tokenizer's chat template and the environment's tool schemas, i.e. the Qwen `# Tools` block the loop
-writes in prompt mode. The model then alternates assistant turns and tool calls (TRL calls the
+the tokenizer's chat template and the environment's tool schemas, i.e. the one-line-per-tool `# Tools`
+block the loop writes in prompt mode. The model then alternates assistant turns and tool calls (TRL calls the
 environment's public methods; tool-result tokens are masked out of the loss) for at most
 `max_tool_calling_iterations` rounds and `max_completion_length` tokens in all. The remaining row fields
 (`user_id`, `candidates`, `history`, `episode_id`, `target`) go to `env.reset(**row)` and, as columns, to

@@ -1,10 +1,11 @@
 """Models to train: the bundled SmolLM2-135M-Instruct as a Hugging Face folder, and a tiny Qwen2 for tests.
 
-Both carry our Qwen2.5-style chat template (`chat_template`), whose tool format (`# Tools` block in the system turn,
-`<tool_call>{json}</tool_call>` in assistant turns, `<tool_response>` blocks in a user turn) is the one
-the agent loop writes in prompt mode (`recthinker.agent.prompting`). So SFT, GRPO and inference see one
-format. SFT with `assistant_only_loss=True` swaps in TRL's training variant of the same template (it only
-adds `{% generation %}` markers; the rendered text is identical -- `tests/test_train_smoke.py` checks).
+Both carry our chat template (`chat_template`, `agent/prompts/chat_template.jinja`): TRL's training variant
+of the Qwen2.5 template (`{% generation %}` markers for the assistant-only loss, prefix-preserving for GRPO)
+with a `# Tools` block of one line per tool, `<tool_call>{json}</tool_call>` in assistant turns and
+`<tool_response>` blocks in a user turn -- the text the agent loop writes in prompt mode
+(`recthinker.agent.prompting`) and that llama.cpp's SmolLM2 template renders from it. So SFT, GRPO and
+inference see one format (`tests/test_train_smoke.py` checks all three).
 
     path = bundled_hf_model()            # converts the GGUF once (~1 min), then reuses the folder
     model = AutoModelForCausalLM.from_pretrained(path)
