@@ -99,7 +99,7 @@ def test_tool_call_then_answer():
     # the second prompt carried the tool result back, as a <tool_response> turn in prompt mode
     assert "<tool_response>\nhistory: h1, h2 (k=5)\n</tool_response>" in model.seen[1][-1]["content"]
     # the tools are described in the system prompt
-    assert '"name": "user_history"' in model.seen[0][0]["content"]
+    assert "\n- user_history(k): " in model.seen[0][0]["content"]  # one line per tool
     row = traj.to_sft_row()
     assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
     assert row["messages"][2]["tool_calls"][0]["function"] == {"name": "user_history", "arguments": {"k": 5}}
