@@ -38,7 +38,7 @@ def test_agent_against_loopback_server(server_url, tiny_benchmark, resources):
     traj = RecThinker(model, RecEnv(resources), items=tiny_benchmark.items, config=config).run(episode)
     assert 1 <= len(traj.steps) <= 2
     assert all(s.prompt_tokens > 200 and s.completion_tokens > 0 for s in traj.steps)
-    assert traj.messages[0]["role"] == "system" and '"name": "user_profile"' in traj.messages[0]["content"]
+    assert traj.messages[0]["role"] == "system" and "\n- user_profile(): " in traj.messages[0]["content"]
     assert traj.valid == (sorted(traj.ranking) == sorted(episode.candidates))
     if not traj.valid:
         assert traj.ranking == [] and traj.note  # never a fallback to candidate order
