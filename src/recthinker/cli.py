@@ -136,21 +136,15 @@ def build_ranker(
 
     LLM rankers use `model` (from `KIND@MODEL`) or `--model`; `models` caches loaded chat models by spec.
     """
-    import numpy as np
 
     if model is not None and kind not in LLM_RANKERS:
         raise RecThinkerError(
             f"--ranker {kind}@{model}: only LLM rankers ({', '.join(LLM_RANKERS)}) take a model"
         )
     if kind in CLASSIC_RANKERS:
-        from recthinker.baselines import make_scorer
-        from recthinker.baselines.base import ScorerRanker, fit_or_load
+        from recthinker.baselines import fitted_ranker
 
-        background = bench.background(name)
-        scorer = fit_or_load(
-            make_scorer(kind), background, bench.root / "models", np.random.default_rng(args.seed)
-        )
-        ranker = ScorerRanker(scorer, name=kind)
+        ranker = fitted_ranker(kind, bench.background(name), bench.root / "models", args.seed)
     elif kind == "teacher":
         from recthinker.train.teacher import make_teacher_ranker
 

@@ -299,7 +299,8 @@ def _trained_on_bundled(adapter_dir: Path) -> bool:
     return Path(str(config.get("base_model_name_or_path") or "")).name == BUNDLED_HF_NAME
 
 
-def _adapter_on_llamacpp(adapter_dir: Path, n_threads: int = 1) -> ChatModel:
+def adapter_on_llamacpp(adapter_dir: Path, n_threads: int = 1) -> ChatModel:
+    """An adapter of the bundled model, merged into its GGUF (cached), on llama.cpp, with its `agent.json`."""
     from recthinker.agent.llm_llamacpp import LlamaCpp
     from recthinker.train.export import adapter_gguf
 
@@ -325,7 +326,7 @@ def load_chat_model(spec: str | None, *, n_threads: int = 1) -> ChatModel:
     if spec is None or spec == "base":
         adapter = default_adapter_dir() if spec is None else None
         if adapter is not None:
-            return _adapter_on_llamacpp(adapter, n_threads)
+            return adapter_on_llamacpp(adapter, n_threads)
         from recthinker.agent.llm_llamacpp import LlamaCpp
 
         return LlamaCpp(bundled_model_path(), n_threads=n_threads)
@@ -348,7 +349,7 @@ def load_chat_model(spec: str | None, *, n_threads: int = 1) -> ChatModel:
         if not adapter_config.is_file():
             return HFChat(path)
         if _trained_on_bundled(path):
-            return _adapter_on_llamacpp(path, n_threads)
+            return adapter_on_llamacpp(path, n_threads)
         base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
         if not base or not Path(base).is_dir():
             raise ConfigError(

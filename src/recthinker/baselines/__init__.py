@@ -59,3 +59,12 @@ __all__ = [
     "fit_or_load",
     "make_scorer",
 ]
+
+
+def fitted_ranker(name: str, log, cache_dir, seed: int) -> ScorerRanker:
+    """The `name` scorer fitted on `log` (or loaded from `cache_dir`), with seed `seed`, as a `Ranker`."""
+    import numpy as np
+
+    return ScorerRanker(
+        fit_or_load(make_scorer(name), log, cache_dir, np.random.default_rng(seed)), name=name
+    )

@@ -311,11 +311,11 @@ def eval_model(run: Run, adapter: Path | None) -> Any:
     """
     p = run.preset
     if p.eval_backend == "llamacpp":
-        from recthinker.agent.llm import LlamaCpp, bundled_model_path
-        from recthinker.train.export import adapter_gguf
+        from recthinker.agent.llm import LlamaCpp, adapter_on_llamacpp, bundled_model_path
 
-        path = bundled_model_path() if adapter is None else adapter_gguf(adapter)
-        return LlamaCpp(path, n_threads=p.eval_threads)
+        if adapter is None:
+            return LlamaCpp(bundled_model_path(), n_threads=p.eval_threads)
+        return adapter_on_llamacpp(adapter, p.eval_threads)
     from recthinker.agent.llm_hf import HFChat
 
     return HFChat(run.model, adapter_dir=adapter, device=p.device, dtype=p.dtype)
@@ -331,14 +331,9 @@ def _ranker(run: Run, name: str, adapter: Path | None, resources) -> Any:
 
         return TeacherRanker(resources, run.bench.items, run.weights, agent_config(p))
     if name in CLASSIC:  # fitted on this set's background (cached under the benchmark), as `evaluate` does
-        import numpy as np
+        from recthinker.baselines import fitted_ranker
 
-        from recthinker.baselines import make_scorer
-        from recthinker.baselines.base import ScorerRanker, fit_or_load
-
-        rng = np.random.default_rng(resources.seed)
-        scorer = fit_or_load(make_scorer(name), resources.log, resources.model_dir, rng)
-        return ScorerRanker(scorer, name=name)
+        return fitted_ranker(name, resources.log, resources.model_dir, resources.seed)
     chat = eval_model(run, adapter)
     kind = name if name in ("zero-shot", "fixed-workflow") else "agent"
     config = agent_config(p, kind, constrained=p.eval_backend == "llamacpp")
@@ -521,7 +516,7 @@ def summary_markdown(metrics: dict[str, Any], config: dict[str, Any]) -> str:
         if isinstance(m, dict) and "ndcg@10" in m:
             tau, lat = m.get("mean_tau_vs_signal"), m.get("mean_latency_s")
             lines.append(
-                f"| {name} | {m['n']} | {m.get('ndcg@1', float('nan')):.3f} | {m.get('ndcg@5', float('nan')):.3f} "
+                f"| {name} | {m['n']} | {m['ndcg@1']:.3f} | {m['ndcg@5']:.3f} "
                 f"| {m['ndcg@10']:.3f} | {100 * m['invalid_rate']:.0f}% | {m['mean_tool_calls']:.2f} "
                 f"| {'-' if tau is None else f'{tau:.2f}'} | {'-' if lat is None else f'{lat:.1f}'} |"
             )
