@@ -20,6 +20,7 @@ from recthinker.agent.llm import bundled_model_path  # noqa: E402
 from recthinker.errors import ConfigError  # noqa: E402
 from recthinker.train.export import (  # noqa: E402
     BASE_KEY,
+    EXPORT_FORMAT,
     SHA_KEY,
     adapter_gguf,
     adapter_sha256,
@@ -111,6 +112,13 @@ def test_permute_rows_maps_transformers_layout_to_gguf_layout(base) -> None:
             )
 
 
+def q8_tolerance(expected: np.ndarray) -> np.ndarray:
+    """Q8_0's largest rounding error per element, step = max |x| / 127 over each 32-block: half a step, plus
+    up to 127 times the F16 rounding of the stored step (2**-11 relative), so 0.6 steps."""
+    blocks = np.abs(expected).reshape(*expected.shape[:-1], -1, 32).max(axis=-1, keepdims=True)
+    return np.broadcast_to(0.6 * blocks / 127, (*blocks.shape[:-1], 32)).reshape(expected.shape) + 1e-6
+
+
 def test_merged_tensors_equal_base_plus_permuted_delta(exported, base, merged) -> None:
     weights = exported[1]
     base_t = {t.name: t for t in base.tensors}
@@ -128,14 +136,24 @@ def test_merged_tensors_equal_base_plus_permuted_delta(exported, base, merged) -
             changed.add(tensor)
             expected = gguf.quants.dequantize(base_t[tensor].data, base_t[tensor].tensor_type) + delta
             got = merged_t[tensor]
-            assert got.tensor_type == gguf.GGMLQuantizationType.F16
-            np.testing.assert_allclose(got.data.astype(np.float32), expected, rtol=1e-3, atol=1e-4)
-            if n_head is not None:  # the delta is large enough that an unpermuted merge fails the check
-                assert np.abs(delta - hf_delta).max() > 0.01
+            assert got.tensor_type == gguf.GGMLQuantizationType.Q8_0
+            error = np.abs(gguf.quants.dequantize(got.data, got.tensor_type) - expected)
+            assert (error <= q8_tolerance(expected)).all(), tensor
+            if n_head is not None:  # an unpermuted merge would miss the tolerance by more than 2x
+                assert (np.abs(delta - hf_delta) > 2 * q8_tolerance(expected)).any()
     for name, t in base_t.items():
-        if name not in changed:
+        if name in changed:
+            continue
+        if t.tensor_type == gguf.GGMLQuantizationType.Q4_1:  # requantized for llama.cpp's fast CPU kernels
+            assert merged_t[name].tensor_type == gguf.GGMLQuantizationType.Q8_0, name
+            before = gguf.quants.dequantize(t.data, t.tensor_type)
+            after = gguf.quants.dequantize(merged_t[name].data, merged_t[name].tensor_type)
+            assert (np.abs(after - before) <= q8_tolerance(before)).all(), name
+        else:  # F32 norms, the Q8_0 embedding: byte for byte
             assert merged_t[name].tensor_type == t.tensor_type, name
             assert np.array_equal(merged_t[name].data, t.data), name
+    assert any(t.tensor_type == gguf.GGMLQuantizationType.Q4_1 for t in base_t.values())
+    assert not any(t.tensor_type == gguf.GGMLQuantizationType.Q4_1 for t in merged_t.values())
 
 
 def test_metadata_is_copied_and_stamped(exported, base, merged) -> None:
@@ -149,7 +167,7 @@ def test_metadata_is_copied_and_stamped(exported, base, merged) -> None:
         assert copy.contents() == field.contents(), name
     assert merged.get_field(SHA_KEY).contents() == adapter_sha256(adapter)
     assert merged.get_field(BASE_KEY).contents() == bundled_model_path().name
-    assert out.stat().st_size > bundled_model_path().stat().st_size  # 4 tensors now F16
+    assert out.stat().st_size > bundled_model_path().stat().st_size  # Q4_1 weights are now Q8_0
     assert [p.name for p in out.parent.iterdir()] == ["merged.gguf"]  # no temporary left behind
 
 
@@ -170,7 +188,7 @@ def test_adapter_gguf_caches_by_adapter_hash(
     monkeypatch.setenv("RECTHINKER_CACHE", str(tmp_path))
     monkeypatch.setattr(export, "export_gguf", fake_export)
     path = adapter_gguf(adapter)
-    assert path == tmp_path / "gguf" / f"{adapter_sha256(adapter)[:16]}.gguf"
+    assert path == tmp_path / "gguf" / f"{adapter_sha256(adapter)[:16]}-v{EXPORT_FORMAT}.gguf"
     assert adapter_gguf(adapter) == path
     assert calls == [adapter]  # exported once, then reused
 
@@ -226,7 +244,10 @@ PROMPTS = (
 )
 # llama.cpp multiplies Q4_1 weights by Q8_1-quantized activations, so its log-probabilities differ from
 # transformers' float32 ones even on the unmodified base: by up to about 0.2 nats on these prompts, and by
-# under 0.1 nats on the export (whose merged tensors are F16). The tolerances sit just above that noise; the
+# under 0.1 nats on an export whose merged tensors are F16 and whose other tensors are the base's own. The
+# test checks that exact layout (the merge arithmetic and the q/k permutation); the shipped layout re-rounds
+# every weight to Q8_0, which adds up to 0.6 of a Q8_0 step per element (checked tensor by tensor above)
+# and, with this deliberately large random adapter, moves single log-probabilities by up to ~0.3 nats. The tolerances sit just above that noise; the
 # same adapter merged without the q/k row permutation is off by 0.6-0.75 nats (the negative control below).
 LOGPROB_TOL = 0.25  # |log p_hf - log p_llama| of each generated token
 NEAR_TIE = 0.1  # greedy paths may part only where transformers' top two tokens are this close
@@ -320,6 +341,8 @@ def test_llamacpp_on_export_decodes_like_transformers_with_peft(tmp_path: Path, 
     base_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     peft_model = PeftModel.from_pretrained(base_model, adapter).eval()  # what HFChat serves
 
+    monkeypatch.setattr(export, "WEIGHT_TYPE", "F16")  # the exact layout (see the note above)
+    monkeypatch.setattr(export, "REQUANTIZED", ())
     merged = export_gguf(adapter, tmp_path / "merged.gguf")
     base_runs = llama_greedy(bundled_model_path(), prompts, 20)
     for prompt, (ids, logprobs), (base_ids, _) in zip(

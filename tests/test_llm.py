@@ -266,6 +266,77 @@ def test_load_chat_model_dispatch(tmp_path: Path) -> None:
         load_chat_model(str(adapter))
 
 
+def _header_only_gguf(path: Path, arch: str, chat_template: str | None = None) -> Path:
+    """A GGUF with metadata and no tensors: enough for `fallback_chat_template`, which reads only the header."""
+    gguf = pytest.importorskip("gguf")
+    writer = gguf.GGUFWriter(path, arch=arch)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    writer.close()
+    return path
+
+
+def test_fallback_chat_template_only_for_gemma_ggufs_without_one(tmp_path: Path) -> None:
+    from recthinker.agent.llm_llamacpp import fallback_chat_template
+
+    gemma = fallback_chat_template(_header_only_gguf(tmp_path / "g.gguf", "gemma3"))
+    assert gemma is not None and "<start_of_turn>model" in gemma
+    assert fallback_chat_template(_header_only_gguf(tmp_path / "t.gguf", "gemma3", "{{ x }}")) is None
+    assert fallback_chat_template(_header_only_gguf(tmp_path / "l.gguf", "llama")) is None
+    assert fallback_chat_template(bundled_model_path()) is None  # SmolLM2 ships its own
+
+
+def _render(template: str, messages: list[dict], tools: list[dict] | None = None, gen: bool = False) -> str:
+    """Render a chat template the way transformers and llama.cpp's Jinja engine do (trim + lstrip blocks)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.filters["tojson"] = lambda value: json.dumps(value)
+    return env.from_string(template).render(
+        messages=messages, tools=tools, add_generation_prompt=gen, bos_token="<bos>"
+    )
+
+
+def test_gemma_template_renders_gemma_turns_with_tool_calls_and_results() -> None:
+    from recthinker.agent.prompting import tools_block
+
+    template = (Path(llm.__file__).parent / "prompts" / "gemma_chat_template.jinja").read_text()
+    call = {"type": "function", "function": {"name": "cf_scores", "arguments": {"model": "als"}}}
+    messages = [
+        {"role": "system", "content": "SYS"},
+        {"role": "user", "content": "U1"},
+        {"role": "assistant", "content": "<plan>p</plan>", "tool_calls": [call]},
+        {"role": "tool", "content": "OBS"},
+        {"role": "assistant", "content": "<answer>[2] > [1]</answer>"},
+    ]
+    assert _render(template, messages) == (
+        "<bos><start_of_turn>user\nSYS\n\nU1<end_of_turn>\n"
+        "<start_of_turn>model\n<plan>p</plan>\n<tool_call>\n"
+        '{"name": "cf_scores", "arguments": {"model": "als"}}\n</tool_call><end_of_turn>\n'
+        "<start_of_turn>user\n<tool_response>\nOBS\n</tool_response><end_of_turn>\n"
+        "<start_of_turn>model\n<answer>[2] > [1]</answer><end_of_turn>\n"
+    )
+    assert _render(template, messages[:2], gen=True).endswith("U1<end_of_turn>\n<start_of_turn>model\n")
+    # Tools given to the template read exactly as the agent's prompt mode writes them into the system prompt.
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "user_history",
+            "description": "Recent items.\n\nMore.",
+            "parameters": {
+                "type": "object",
+                "properties": {"k": {"type": "integer", "description": "How many."}},
+            },
+        },
+    }
+    in_prompt = [{"role": "system", "content": "SYS\n" + tools_block([tool]).rstrip("\n")}, messages[1]]
+    assert _render(template, messages[:2], tools=[tool]) == _render(template, in_prompt)
+    assert "- user_history(k): Recent items. k: How many." in _render(template, in_prompt)
+
+
 def test_lazy_reexports() -> None:
     assert llm.LlamaCpp is LlamaCpp
     assert llm.OpenAICompatible is OpenAICompatible

