@@ -1,4 +1,4 @@
-"""The constrained turn grammar writes tool calls byte for byte as the chat template renders them."""
+"""The constrained turn grammar lets a model write tool calls byte for byte as the chat template renders them."""
 
 from __future__ import annotations
 
@@ -20,13 +20,16 @@ def _rule(grammar: str, name: str) -> str:
     return next(line for line in grammar.splitlines() if line.startswith(f"{name} ::= "))
 
 
-def test_constrained_tool_call_turn_equals_the_rendered_transcript() -> None:
+def test_constrained_tool_call_turn_can_equal_the_rendered_transcript() -> None:
     grammar = turn_grammar(["cf_scores", "user_history"], 10)
     root, call = _literals(_rule(grammar, "root")), _literals(_rule(grammar, "call"))
     # root: "<analyze>" analyze "</analyze>\n<plan>" plan "</plan>\n" (call | answer)
-    # call: "<tool_call>\n{\"name\": " name ", \"arguments\": " obj "}\n</tool_call>"
+    # call: "<tool_call>" "\n"? "{\"name\": " name ", \"arguments\": " obj "}" "\n"? "</tool_call>"
+    assert call == ["<tool_call>", "\n", '{"name": ', ', "arguments": ', "}", "\n", "</tool_call>"]
+    assert _rule(grammar, "call").count('"\\n"?') == 2  # both newlines optional
     name, args = json.dumps("cf_scores"), json.dumps({"model": "als"})
-    written = root[0] + "a" + root[1] + "p" + root[2] + call[0] + name + call[1] + args + call[2]
+    head = root[0] + "a" + root[1] + "p" + root[2]
+    with_newlines = head + call[0] + call[1] + call[2] + name + call[3] + args + call[4] + call[5] + call[6]
 
     message = {
         "role": "assistant",
@@ -36,4 +39,4 @@ def test_constrained_tool_call_turn_equals_the_rendered_transcript() -> None:
         ],
     }
     # What the next turn sends back (and what SFT rows train on): the prompt cache and the model agree.
-    assert render_for_prompt_mode([message])[0]["content"] == written
+    assert render_for_prompt_mode([message])[0]["content"] == with_newlines

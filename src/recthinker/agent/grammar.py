@@ -1,10 +1,11 @@
 """GBNF grammars (llama.cpp) that keep a small model's agent turns well-formed.
 
 A constrained turn is `<analyze>..</analyze>`, `<plan>..</plan>`, then exactly one tool call naming a real
-tool with a JSON-object argument, or an `<answer>` listing `n` candidate labels. The call is written the way
-the chat template renders it (`<tool_call>\n{json}\n</tool_call>`, as in training rows and in the transcript
-sent back next turn), so the model is not pushed off its training format and llama.cpp's prompt cache
-keeps the whole turn. The grammar cannot force a
+tool with a JSON-object argument, or an `<answer>` listing `n` candidate labels. The newlines around a
+call's JSON are optional: a trained model writes `<tool_call>\n{json}\n</tool_call>` as the chat template
+renders it in its training rows (and in the transcript sent back next turn, so llama.cpp's prompt cache
+keeps the whole turn), an untrained one may follow the system prompt's one-line example; the grammar
+forces neither. The grammar cannot force a
 permutation (that needs a grammar exponential in `n`); duplicates are caught by the parser and fed back.
 Tool arguments are any flat JSON object: the environment validates them and returns error observations.
 """
@@ -53,7 +54,7 @@ def turn_grammar(
     if allow_tools and tool_names:
         names = " | ".join(_lit(json.dumps(n)) for n in tool_names)
         rules += [
-            'call ::= "<tool_call>\\n{\\"name\\": " name ", \\"arguments\\": " obj "}\\n</tool_call>"',
+            'call ::= "<tool_call>" "\\n"? "{\\"name\\": " name ", \\"arguments\\": " obj "}" "\\n"? "</tool_call>"',
             f"name ::= {names}",
             'obj ::= "{" ( kv ( ", " kv ){0,3} )? "}"',
             'kv ::= key ": " val',
