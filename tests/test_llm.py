@@ -289,6 +289,17 @@ def test_fallback_chat_template_only_for_gemma_ggufs_without_one(tmp_path: Path)
     assert fallback_chat_template(bundled_model_path()) is None  # SmolLM2 ships its own
 
 
+def test_gguf_strings_match_gguf_py_on_the_bundled_model() -> None:
+    gguf = pytest.importorskip("gguf")
+    from recthinker.agent.llm_llamacpp import gguf_strings
+
+    keys = {"general.architecture", "general.name", "tokenizer.chat_template", "no.such.key"}
+    reader = gguf.GGUFReader(bundled_model_path())
+    expected = {k: reader.get_field(k).contents() for k in keys if reader.get_field(k) is not None}
+    assert gguf_strings(bundled_model_path(), keys) == expected
+    assert set(expected) == keys - {"no.such.key"}
+
+
 def _render(template: str, messages: list[dict], tools: list[dict] | None = None, gen: bool = False) -> str:
     """Render a chat template the way transformers and llama.cpp's Jinja engine do (trim + lstrip blocks)."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment

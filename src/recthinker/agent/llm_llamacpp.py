@@ -24,6 +24,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from recthinker.agent.llm import (
     ChatResult,
     ContextOverflowError,
@@ -38,6 +40,44 @@ from recthinker.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def gguf_strings(model_path: str | Path, keys: set[str]) -> dict[str, str]:
+    """The string metadata values of `keys` that a little-endian GGUF file has, read from its header only.
+
+    `gguf.GGUFReader` parses every field, tokenizer arrays included (4 s for SmolLM2's, 15 s for Gemma's);
+    this walks the key/value section and skips values it was not asked for, so it costs milliseconds.
+    """
+    import struct
+
+    from gguf import GGUFReader, GGUFValueType
+
+    def skip(f: Any, vtype: GGUFValueType, count: int = 1) -> None:
+        if vtype == GGUFValueType.STRING:
+            for _ in range(count):
+                f.seek(struct.unpack("<Q", f.read(8))[0], 1)
+        elif vtype == GGUFValueType.ARRAY:
+            for _ in range(count):
+                etype, n = struct.unpack("<IQ", f.read(12))
+                skip(f, GGUFValueType(etype), n)
+        else:
+            f.seek(count * np.dtype(GGUFReader.gguf_scalar_to_np[vtype]).itemsize, 1)
+
+    found: dict[str, str] = {}
+    with open(model_path, "rb") as f:
+        magic, _version, _n_tensors, n_kv = struct.unpack("<4sIQQ", f.read(24))
+        if magic != b"GGUF":
+            raise ConfigError(f"{model_path}: not a GGUF file")
+        for _ in range(n_kv):
+            key = f.read(struct.unpack("<Q", f.read(8))[0]).decode("utf-8")
+            vtype = GGUFValueType(struct.unpack("<I", f.read(4))[0])
+            if key in keys and vtype == GGUFValueType.STRING:
+                found[key] = f.read(struct.unpack("<Q", f.read(8))[0]).decode("utf-8")
+                if len(found) == len(keys):
+                    break
+            else:
+                skip(f, vtype)
+    return found
+
+
 def fallback_chat_template(model_path: str | Path) -> str | None:
     """Our chat template for a GGUF that ships none and whose family llama.cpp's ChatML default would not fit.
 
@@ -45,13 +85,12 @@ def fallback_chat_template(model_path: str | Path) -> str | None:
     turn format (`agent/prompts/gemma_chat_template.jinja`); any other GGUF gets None: its own template, or
     llama.cpp's default.
     """
-    from gguf import GGUFReader, Keys
+    from gguf import Keys
 
-    reader = GGUFReader(Path(model_path))
-    if reader.get_field(Keys.Tokenizer.CHAT_TEMPLATE) is not None:
-        return None
-    arch = reader.get_field(Keys.General.ARCHITECTURE)
-    if arch is None or not str(arch.contents()).startswith("gemma"):
+    meta = gguf_strings(model_path, {Keys.General.ARCHITECTURE, Keys.Tokenizer.CHAT_TEMPLATE})
+    if Keys.Tokenizer.CHAT_TEMPLATE in meta or not meta.get(Keys.General.ARCHITECTURE, "").startswith(
+        "gemma"
+    ):
         return None
     return (
         resources.files("recthinker.agent")
