@@ -24,36 +24,32 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
 from recthinker.agent.llm import load_chat_model
 from recthinker.agent.rankers import make_llm_ranker
 from recthinker.data.benchmark import ensure_benchmark
-from recthinker.eval.harness import evaluate, read_rows
+from recthinker.eval.harness import evaluate, read_rows, summarize_rows
 
 
 def model_row(label: str, spec: str, rows: list[dict]) -> dict:
-    """Summary numbers of one model's per-episode rows."""
+    """One model's numbers: the harness's summary of its rows, plus the share of valid tool calls and tokens/s."""
+    stats = summarize_rows(rows)
     model_s = sum(float(r.get("model_latency_s", 0.0)) for r in rows)
     prompt = sum(int(r.get("prompt_tokens", 0)) for r in rows)
     completion = sum(int(r.get("completion_tokens", 0)) for r in rows)
-    calls = sum(int(r.get("tool_calls", 0)) for r in rows)
-    errors = sum(int(r.get("tool_errors", 0)) for r in rows)
-    taus = [float(r["tau_vs_signal"]) for r in rows if r.get("tau_vs_signal") is not None]
     return {
         "label": label,
         "spec": spec,
-        "n": len(rows),
-        "ndcg@10": float(np.mean([r["ndcg@10"] for r in rows])),
-        "invalid_rate": float(np.mean([not r["valid"] for r in rows])),
-        "mean_tool_calls": calls / len(rows),
-        "valid_tool_call_rate": (calls - errors) / calls if calls else None,
-        "mean_tau_vs_als": float(np.mean(taus)) if taus else None,
-        "s_per_episode": float(np.mean([r["latency_s"] for r in rows])),
+        "n": stats["n"],
+        "ndcg@10": stats["ndcg@10"],
+        "invalid_rate": stats["invalid_rate"],
+        "mean_tool_calls": stats.get("mean_tool_calls", 0.0),
+        "valid_tool_call_rate": 1 - stats["tool_error_rate"] if stats.get("mean_tool_calls") else None,
+        "mean_tau_vs_als": stats.get("mean_tau_vs_signal"),
+        "s_per_episode": stats["mean_latency_s"],
         "tokens_per_s": (prompt + completion) / model_s if model_s else None,
         "completion_tokens_per_s": completion / model_s if model_s else None,
         "mean_completion_tokens": completion / len(rows),
-        "errors": sum(1 for r in rows if r.get("error")),
+        "errors": stats["n_errors"],
     }
 
 
@@ -90,6 +86,7 @@ def main() -> None:
     out = Path(args.out)
     bench = ensure_benchmark(args.dataset)
     episodes = bench.episodes(args.episode_set)[: args.limit]
+    episode_ids = {e.episode_id for e in episodes}
     results = []
     for item in args.model:
         label, sep, spec = item.partition("=")
@@ -102,11 +99,7 @@ def main() -> None:
         close = getattr(model, "close", None)
         if close is not None:
             close()
-        rows = [
-            r
-            for r in read_rows(out / label / "episodes.jsonl")
-            if r["episode_id"] in {e.episode_id for e in episodes}
-        ]
+        rows = [r for r in read_rows(out / label / "episodes.jsonl") if r["episode_id"] in episode_ids]
         results.append(model_row(label, spec, rows))
     (out / "models.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results, args.episode_set, args.threads)
