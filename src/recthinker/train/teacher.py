@@ -312,7 +312,7 @@ class BootstrapTeacher:
         top_share = top[0][1] / len(shown) if shown and top else 0.0
         hist_genres = set(genres)
         match = [i for i, c in enumerate(self.env.candidates) if hist_genres & set(cat.cats(c))]
-        gtext = ", ".join(f"{g} ({n}/{len(shown)})" for g, n in top) or "no known genres"
+        gtext = " then ".join(f"{g} ({n}/{len(shown)})" for g, n in top) if top else "no known genres"
         size = f"{n_total} items" if len(shown) == n_total else f"{n_total} items ({len(shown)} shown)"
         analyze = (
             f"{size}, mostly {gtext}; {len(match)}/{len(self.env.candidates)} candidates share a genre. "
@@ -363,31 +363,35 @@ class BootstrapTeacher:
         return calls
 
     def _observed(self, st: _State, evidence: Sequence[str]) -> str:
+        """The evidence so far as named slots (leader, next), not lists: a small model continues a list."""
         parts = []
         if "cf_als" in evidence:
             s = st.raw["cf_als"]
             finite = np.isfinite(s)
             lo, hi = (s[finite].min(), s[finite].max()) if finite.any() else (0.0, 0.0)
-            order = np.lexsort((np.arange(len(s)), -np.where(finite, s, -np.inf)))[:3]
-            norm = [(s[i] - lo) / (hi - lo) if hi > lo else 1.0 for i in order]
-            parts.append("ALS " + ", ".join(f"[{i + 1}] {v:.2f}" for i, v in zip(order, norm, strict=True)))
+            first, second = np.lexsort((np.arange(len(s)), -np.where(finite, s, -np.inf)))[:2]
+            v = (s[second] - lo) / (hi - lo) if hi > lo else 1.0
+            parts.append(f"ALS leader [{first + 1}] 1.00, next [{second + 1}] {v:.2f}")
         if "item_relations" in evidence:
             r = st.raw["item_relations"]
-            order = np.argsort(-r, kind="stable")[:2]
-            parts.append("relations " + ", ".join(f"[{i + 1}] {r[i]:.2f}" for i in order))
+            first, second = np.argsort(-r, kind="stable")[:2]
+            parts.append(
+                f"relations leader [{first + 1}] {r[first]:.2f}, next [{second + 1}] {r[second]:.2f}"
+            )
         if "similar_users" in evidence:
             c = st.sim_counts
+            top = int(np.argmax(c)) if len(c) else 0
             if st.n_sim == 0:
                 parts.append("no similar users")
+            elif c[top] == 0:
+                parts.append(f"none of {st.n_sim} similar users chose a candidate")
             else:
-                order = [i for i in np.argsort(-c, kind="stable")[:3] if c[i] > 0]
-                picked = ", ".join(f"[{i + 1}] {c[i]}" for i in order) or "none of the candidates"
-                parts.append(f"{st.n_sim} similar users chose {picked}")
+                parts.append(f"similar users chose [{top + 1}] most ({c[top]} of {st.n_sim})")
         if "popularity" in evidence:
             p = st.raw["popularity"]
             order = np.argsort(-p, kind="stable")
             parts.append(
-                f"popularity [{order[0] + 1}] {int(p[order[0]])} to [{order[-1] + 1}] {int(p[order[-1]])}"
+                f"most popular [{order[0] + 1}] ({int(p[order[0]])}), least [{order[-1] + 1}] ({int(p[order[-1]])})"
             )
         return ("; ".join(parts) + ".") if parts else "No tool evidence yet."
 
