@@ -66,13 +66,7 @@ TOOL_SIGNAL = {
     "item_info": "popularity",
 }
 COLLAB = ("cf_als", "item_relations", "similar_users")
-WORDS = {
-    "cf_als": "ALS",
-    "item_relations": "item relations",
-    "similar_users": "similar users",
-    "genre_match": "genre match",
-    "popularity": "popularity",
-}
+WORDS = {"cf_als": "ALS", "item_relations": "item relations", "similar_users": "similar users"}  # in plans
 MARGIN = 0.75  # lead of the combined-score leader over the runner-up, in std units, to stop early
 FOCUS_SHARE = 0.4  # top-genre share of the shown history that makes it "focused"
 MIN_SHOWN = 5  # fewer shown history items than this is a thin history
@@ -330,13 +324,16 @@ class BootstrapTeacher:
         plan = f"{kind} history: " + " and ".join(c for c, _ in calls) + "."
         return self._compose(analyze, plan, calls)
 
-    def _sufficient(self, st: _State, evidence: Sequence[str]) -> bool:
+    def _combined(self, st: _State, evidence: Sequence[str]) -> tuple[np.ndarray, float]:
+        """Candidate order by the fitted combination of `evidence`, and the leader's lead over the runner-up
+        in standard deviations of the combined score (0 when the score is flat)."""
         score = self.weights.score(st.z, evidence)
         order = np.argsort(-score, kind="stable")
         sd = score.std()
-        if sd <= 1e-12:
-            return False
-        lead = (score[order[0]] - score[order[1]]) / sd
+        return order, float((score[order[0]] - score[order[1]]) / sd) if sd > 1e-12 else 0.0
+
+    def _sufficient(self, st: _State, evidence: Sequence[str]) -> bool:
+        order, lead = self._combined(st, evidence)
         agree = all(order[0] in np.argsort(-st.z[s], kind="stable")[:2] for s in evidence if s in COLLAB)
         return bool(lead >= MARGIN and agree)
 
@@ -380,7 +377,7 @@ class BootstrapTeacher:
             )
         if "similar_users" in evidence:
             c = st.sim_counts
-            top = int(np.argmax(c)) if len(c) else 0
+            top = int(np.argmax(c))
             if st.n_sim == 0:
                 parts.append("no similar users")
             elif c[top] == 0:
@@ -396,10 +393,7 @@ class BootstrapTeacher:
         return ("; ".join(parts) + ".") if parts else "No tool evidence yet."
 
     def _gap_plan(self, st: _State, evidence: Sequence[str], calls: Sequence[tuple[str, dict]]) -> str:
-        score = self.weights.score(st.z, evidence)
-        order = np.argsort(-score, kind="stable")
-        sd = score.std()
-        lead = (score[order[0]] - score[order[1]]) / sd if sd > 1e-12 else 0.0
+        order, lead = self._combined(st, evidence)
         rivals = [
             f"{WORDS[s]} put [{int(np.argmax(st.z[s])) + 1}] first"
             for s in evidence
@@ -417,11 +411,8 @@ class BootstrapTeacher:
         return text + "."
 
     def _answer(self, st: _State, evidence: Sequence[str]) -> str:
-        score = self.weights.score(st.z, evidence)
-        order = np.argsort(-score, kind="stable")
+        order, lead = self._combined(st, evidence)
         analyze = self._observed(st, evidence)
-        sd = score.std()
-        lead = (score[order[0]] - score[order[1]]) / sd if sd > 1e-12 else 0.0
         opening = "Evidence suffices" if self._sufficient(st, evidence) else "Tools used up"
         plan = f"{opening}; [{order[0] + 1}] leads by {lead:.2f} sd."
         if self.answer_form == "evidence":
