@@ -13,8 +13,10 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from recthinker.errors import RecThinkerError
+from recthinker import argtypes
+from recthinker.errors import ConfigError, RecThinkerError
 
 log = logging.getLogger("recthinker")
 
@@ -25,11 +27,33 @@ OTHER_RANKERS = (
 )  # the bootstrap teacher: a scripted policy over the real tools (train/teacher.py)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported on one line (the contract: exit 2, one line, no traceback)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _configure_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    # The level goes on the handler too: some libraries (bm25s) set their own loggers to DEBUG, and their
+    # records would otherwise reach the root handler past the root logger's level.
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def out_folder(path: str) -> Path:
+    """`--out` as a folder that exists (created here), or a ConfigError saying why it cannot be one."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {path}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {path}: cannot create the folder ({e.strerror or e})") from e
+    return out
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -59,6 +83,8 @@ def _resolve_episodes(args: argparse.Namespace, set_name: str):
     from recthinker.data.benchmark import Benchmark, ensure_benchmark, find_manifest, read_episodes
 
     if args.episodes:
+        if not Path(args.episodes).is_file():
+            raise ConfigError(f"--episodes {args.episodes}: no such file")
         manifest = find_manifest(args.episodes)
         if manifest is None:
             raise RecThinkerError(
@@ -102,24 +128,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from recthinker.eval.harness import evaluate
     from recthinker.eval.report import markdown_table
 
-    sets = [None] if args.episodes else (args.set or ["dense/test"])
+    sets = [None] if args.episodes else list(dict.fromkeys(args.set or ["dense/test"]))
     specs = [parse_ranker_spec(r) for r in args.ranker]
+    labels = [label for label, _, _ in specs]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ConfigError(
+            f"--ranker: {', '.join(repeated)} named more than once (give each its own LABEL=, e.g. a={repeated[0]})"
+        )
+    root = out_folder(args.out)
     models: dict[str, object] = {}  # one loaded chat model per spec, shared by the rankers that name it
-    tables = []
+    tables, failed = [], {}
     for set_name in sets:
         bench, name, episodes = _resolve_episodes(args, set_name)
-        rankers = [
-            build_ranker(kind, bench, name, args, label, model, models) for label, kind, model in specs
-        ]
-        out = Path(args.out) if len(sets) == 1 else Path(args.out) / name.replace("/", "-")
+        rankers = []
+        for label, kind, model in specs:
+            if label in failed:
+                continue
+            try:
+                rankers.append(build_ranker(kind, bench, name, args, label, model, models))
+            except RecThinkerError as e:  # this ranker alone fails; the others still run
+                failed[label] = str(e)
+                print(f"error: ranker {label}: {e}", file=sys.stderr)
+        if not rankers:
+            break
+        out = root if len(sets) == 1 else out_folder(str(root / name.replace("/", "-")))
         summary = evaluate(rankers, episodes, out, resume=not args.no_resume, workers=args.workers)
         table = markdown_table({r.name: summary[r.name] for r in rankers})
         tables.append(f"### {name} ({len(episodes)} episodes)\n\n{table}\n")
         print(tables[-1])
         print(f"wrote {out}/summary.json, summary.md, summary.csv, chart.png")
-    if len(sets) > 1:
-        Path(args.out, "summary.md").write_text("\n".join(tables), encoding="utf-8")
-        print(f"wrote {args.out}/summary.md (every set)")
+    if len(sets) > 1 and tables:
+        Path(root, "summary.md").write_text("\n".join(tables), encoding="utf-8")
+        print(f"wrote {root}/summary.md (every set)")
+    if failed:
+        raise RecThinkerError(f"{len(failed)} ranker(s) could not be built: {', '.join(failed)} (see above)")
     return 0
 
 
@@ -207,7 +250,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_tool(args: argparse.Namespace) -> int:
     from recthinker.tools.commands import run_tool
 
-    tool_args = json.loads(args.args) if args.args else {}
+    try:
+        tool_args = json.loads(args.args) if args.args else {}
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--args {args.args!r}: not JSON ({e.msg} at character {e.pos})") from e
+    if not isinstance(tool_args, dict):
+        raise ConfigError(f"--args {args.args!r}: must be a JSON object of argument names to values")
     print(run_tool(args.dataset, args.user, args.name, tool_args, candidates=args.candidates))
     return 0
 
@@ -218,12 +266,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from recthinker.eval.suite import CLASSIC, DEFAULT_SETS, results_markdown, run_suite
 
         bench = ensure_benchmark(args.dataset)
-        rankers = args.ranker or list(CLASSIC)
+        rankers = list(dict.fromkeys(args.ranker or CLASSIC))
         results = run_suite(
             bench,
-            args.set or list(DEFAULT_SETS),
+            list(dict.fromkeys(args.set or DEFAULT_SETS)),
             rankers,
-            Path(args.out),
+            out_folder(args.out),
             lambda r, s: build_ranker(r, bench, s, args),
             workers=args.workers,
             limit=args.limit,
@@ -234,32 +282,43 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "tools":
         from recthinker.tools.commands import bench_tools
 
-        result = bench_tools(args.dataset, Path(args.out))
+        result = bench_tools(args.dataset, out_folder(args.out))
         print(json.dumps(result, indent=2))
         return 0
     raise RecThinkerError(f"unknown benchmark {args.what!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="recthinker", description=__doc__.split("\n")[0])
+    p = Parser(prog="recthinker", description=__doc__.split("\n")[0])
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
     sub = p.add_subparsers(dest="verb", required=True)
 
     s = sub.add_parser("prepare", help="build benchmark episodes (dense/sparse subsets, leave-one-out)")
     s.add_argument("--dataset", required=True, help="ml-100k | ml-1m | folder of RecBole atomic files")
     s.add_argument("--out", required=True, help="output folder (episodes JSONL, background, manifest.json)")
-    s.add_argument("--seed", type=int, default=42)
-    s.add_argument("--n-users", type=int, default=100, help="users per dense/sparse subset")
-    s.add_argument("--window", type=int, default=8, help="interactions per subset user (history+valid+test)")
-    s.add_argument("--n-negatives", type=int, default=9, help="negatives per subset episode")
-    s.add_argument("--loo-sizes", type=int, nargs="+", default=[10, 20, 100], help="leave-one-out list sizes")
+    s.add_argument("--seed", type=argtypes.seed, default=42)
+    s.add_argument("--n-users", type=argtypes.count, default=100, help="users per dense/sparse subset")
+    s.add_argument(
+        "--window",
+        type=argtypes.at_least(3),
+        default=8,
+        help="interactions per subset user (history+valid+test)",
+    )
+    s.add_argument("--n-negatives", type=argtypes.count, default=9, help="negatives per subset episode")
+    s.add_argument(
+        "--loo-sizes",
+        type=argtypes.at_least(2),
+        nargs="+",
+        default=[10, 20, 100],
+        help="leave-one-out list sizes",
+    )
     s.add_argument(
         "--background",
         choices=["full", "subset"],
         default="full",
         help="full: all but held-out rows; subset: only the subset users' window histories",
     )
-    s.add_argument("--history-cap", type=int, default=50, help="history items stored per episode")
+    s.add_argument("--history-cap", type=argtypes.count, default=50, help="history items stored per episode")
     s.add_argument("--no-subsets", action="store_true", help="skip the dense/sparse subsets")
     s.add_argument("--no-loo", action="store_true", help="skip the full leave-one-out episodes")
     s.set_defaults(func=cmd_prepare)
@@ -286,15 +345,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="output folder (per-ranker JSONL, summary.{json,md,csv}, chart.png)"
     )
     s.add_argument("--model", default=None, help="LLM rankers: GGUF file, HF folder/adapter, or server URL")
-    s.add_argument("--workers", type=int, default=1, help="episodes ranked concurrently (LLM servers)")
+    s.add_argument(
+        "--workers", type=argtypes.count, default=1, help="episodes ranked concurrently (LLM servers)"
+    )
     s.add_argument(
         "--threads",
-        type=int,
+        type=argtypes.count,
         default=1,
         help="CPU threads of in-process llama.cpp models (1 when the CPU is shared)",
     )
-    s.add_argument("--limit", type=int, default=0, help="only the first N episodes (0 = all)")
-    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--limit", type=argtypes.limit, default=0, help="only the first N episodes (0 = all)")
+    s.add_argument("--seed", type=argtypes.seed, default=42)
     s.add_argument(
         "--no-resume", action="store_true", help="ignore (and overwrite) finished episodes in --out"
     )
@@ -312,11 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="GGUF file, HF folder/adapter, server URL, or 'base' (untrained SmolLM2); default: the trained default model",
     )
-    s.add_argument("--max-steps", type=int, default=None, help="assistant turns (default: the model's own)")
     s.add_argument(
-        "--max-tool-calls", type=int, default=None, help="tool-call budget (default: the model's own)"
+        "--max-steps", type=argtypes.count, default=None, help="assistant turns (default: the model's own)"
     )
-    s.add_argument("--seed", type=int, default=42)
+    s.add_argument(
+        "--max-tool-calls",
+        type=argtypes.limit,
+        default=None,
+        help="tool-call budget (default: the model's own)",
+    )
+    s.add_argument("--seed", type=argtypes.seed, default=42)
     s.add_argument("--json", action="store_true", help="print one JSON object instead of the live view")
     s.set_defaults(func=cmd_recommend)
 
@@ -325,14 +391,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--dataset", default="ml-1m")
     s.add_argument("--host", default="127.0.0.1", help="keep it on loopback unless a proxy handles access")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=argtypes.port, default=8000)
     s.add_argument(
         "--model",
         default=None,
         help="GGUF file, HF folder/adapter, server URL, or 'base' (untrained SmolLM2); default: the trained default model",
     )
-    s.add_argument("--max-concurrency", type=int, default=4, help="requests served at once; more get 503")
-    s.add_argument("--timeout-s", type=float, default=300.0, help="per-request timeout (504 after it)")
+    s.add_argument(
+        "--max-concurrency", type=argtypes.count, default=4, help="requests served at once; more get 503"
+    )
+    s.add_argument(
+        "--timeout-s",
+        type=argtypes.real(0, low_open=True),
+        default=300.0,
+        help="per-request timeout in seconds (504 after it)",
+    )
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("tool", help="call one agent tool for a user and print its observation")
@@ -361,9 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="baselines: episode sets (default dense/test sparse/test loo/test loo-20/test)",
     )
     s.add_argument("--ranker", action="append", help="baselines: rankers (default: all classic ones)")
-    s.add_argument("--workers", type=int, default=1)
-    s.add_argument("--limit", type=int, default=0, help="baselines: first N episodes per set (0 = all)")
-    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--workers", type=argtypes.count, default=1)
+    s.add_argument(
+        "--limit", type=argtypes.limit, default=0, help="baselines: first N episodes per set (0 = all)"
+    )
+    s.add_argument("--seed", type=argtypes.seed, default=42)
     s.add_argument("--model", default=None, help="baselines: model for LLM rankers")
     s.set_defaults(func=cmd_bench)
     return p
@@ -375,6 +450,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except RecThinkerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        where = (
+            f"; finished rows are kept in {args.out} (run the same command to resume)"
+            if "out" in args
+            else ""
+        )
+        print(f"error: interrupted{where}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system refused (permissions, full disk, a path that is not a folder)
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -36,6 +36,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from recthinker import argtypes
 from recthinker.errors import ConfigError, RecThinkerError
 from recthinker.train.presets import CLASSIC, PRESETS, TrainPreset, with_overrides
 
@@ -705,8 +706,10 @@ def _checkpointing_option(s: argparse.ArgumentParser) -> None:
 
 
 def _agent_options(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--max-steps", type=int, default=4, help="assistant turns per episode, answer included")
-    s.add_argument("--max-tool-calls", type=int, default=4, help="tool-call budget per episode")
+    s.add_argument(
+        "--max-steps", type=argtypes.count, default=4, help="assistant turns per episode, answer included"
+    )
+    s.add_argument("--max-tool-calls", type=argtypes.limit, default=4, help="tool-call budget per episode")
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -716,20 +719,29 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "--policy", required=True, help="teacher | a model/adapter folder | .gguf file | server URL"
     )
     s.add_argument("--dataset", default="ml-1m", help="bundled dataset name or prepared benchmark folder")
-    s.add_argument("--episodes", type=int, default=0, help="training episodes to build (or first N of --set)")
+    s.add_argument(
+        "--episodes", type=argtypes.limit, default=0, help="training episodes to build (or first N of --set)"
+    )
     s.add_argument(
         "--set", default=None, help="roll out on a benchmark episode set instead (e.g. dense/valid)"
     )
-    s.add_argument("--samples", type=int, default=1, help="trajectories per episode")
+    s.add_argument("--samples", type=argtypes.count, default=1, help="trajectories per episode")
     s.add_argument(
-        "--temperature", type=float, nargs="+", default=[0.0], help="sample k uses the k-th (cycled)"
+        "--temperature",
+        type=argtypes.real(0),
+        nargs="+",
+        default=[0.0],
+        help="sample k uses the k-th (cycled)",
     )
-    s.add_argument("--workers", type=int, default=1)
-    s.add_argument("--max-tokens", type=int, default=384, help="tokens per assistant turn")
+    s.add_argument("--workers", type=argtypes.count, default=1)
+    s.add_argument("--max-tokens", type=argtypes.count, default=384, help="tokens per assistant turn")
     s.add_argument(
-        "--teacher-fit", type=int, default=1000, help="teacher: training episodes its weights fit on"
+        "--teacher-fit",
+        type=argtypes.count,
+        default=1000,
+        help="teacher: training episodes its weights fit on",
     )
-    s.add_argument("--seed", type=int, default=0, help="training-episode seed")
+    s.add_argument("--seed", type=argtypes.seed, default=0, help="training-episode seed")
     s.add_argument("--out", required=True, help="rollout JSONL (resumed when it exists)")
     _agent_options(s)
     s.set_defaults(func=cmd_rollout)
@@ -739,38 +751,46 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--in", dest="input", required=True, help="rollout JSONL")
     s.add_argument("--out", required=True, help="SFT dataset JSONL ({messages, tools} rows)")
-    s.add_argument("--ndcg-threshold", type=float, default=0.6)
-    s.add_argument("--per-episode", type=int, default=1, help="demonstrations kept per episode")
+    s.add_argument("--ndcg-threshold", type=argtypes.real(0, 1), default=0.6)
+    s.add_argument("--per-episode", type=argtypes.count, default=1, help="demonstrations kept per episode")
     s.add_argument("--no-balance", action="store_true", help="do not balance dense-/sparse-like episodes")
-    s.add_argument("--balance-ratio", type=float, default=1.0)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--balance-ratio", type=argtypes.real(0, low_open=True), default=1.0)
+    s.add_argument("--seed", type=argtypes.seed, default=0)
     s.set_defaults(func=cmd_filter)
 
     s = sub.add_parser("sft", help="LoRA SFT on an SFT dataset")
     s.add_argument("--data", required=True, help="SFT dataset JSONL (from `filter`)")
     s.add_argument("--model", default=None, help="base model folder (default: bundled SmolLM2-135M)")
     s.add_argument("--out", required=True, help="run folder (adapter/, train_log.jsonl, loss.png)")
-    s.add_argument("--max-steps", type=int, default=-1, help="optimizer steps (-1: --epochs)")
-    s.add_argument("--epochs", type=float, default=1.0)
-    s.add_argument("--batch-size", type=int, default=1)
-    s.add_argument("--grad-accum", type=int, default=4)
-    s.add_argument("--learning-rate", type=float, default=5e-4)
-    s.add_argument("--max-length", type=int, default=2048, help="tokens per row; longer rows are dropped")
-    s.add_argument("--lora-r", type=int, default=16)
-    s.add_argument("--lora-alpha", type=int, default=32)
+    s.add_argument(
+        "--max-steps", type=argtypes.at_least(-1), default=-1, help="optimizer steps (-1: --epochs)"
+    )
+    s.add_argument("--epochs", type=argtypes.real(0, low_open=True), default=1.0)
+    s.add_argument("--batch-size", type=argtypes.count, default=1)
+    s.add_argument("--grad-accum", type=argtypes.count, default=4)
+    s.add_argument("--learning-rate", type=argtypes.real(0, low_open=True), default=5e-4)
+    s.add_argument(
+        "--max-length", type=argtypes.count, default=2048, help="tokens per row; longer rows are dropped"
+    )
+    s.add_argument("--lora-r", type=argtypes.count, default=16)
+    s.add_argument("--lora-alpha", type=argtypes.count, default=32)
     _checkpointing_option(s)
     s.set_defaults(func=cmd_sft)
 
     s = sub.add_parser("grpo", help="GRPO with RecEnv tools from an SFT adapter (or a model folder)")
     s.add_argument("--model", required=True, help="SFT adapter folder (continued) or model folder (new LoRA)")
     s.add_argument("--dataset", default="ml-1m")
-    s.add_argument("--episodes", type=int, required=True, help="training episodes used as prompts")
+    s.add_argument("--episodes", type=argtypes.count, required=True, help="training episodes used as prompts")
     s.add_argument("--out", required=True, help="run folder (adapter/, train_log.jsonl, rewards.png)")
-    s.add_argument("--grpo-steps", type=int, default=10, help="optimizer steps")
-    s.add_argument("--num-generations", type=int, default=2, help="completions per prompt (group size)")
-    s.add_argument("--max-completion-length", type=int, default=512, help="tokens, tool results included")
-    s.add_argument("--learning-rate", type=float, default=2e-5)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--grpo-steps", type=argtypes.count, default=10, help="optimizer steps")
+    s.add_argument(
+        "--num-generations", type=argtypes.at_least(2), default=2, help="completions per prompt (group size)"
+    )
+    s.add_argument(
+        "--max-completion-length", type=argtypes.count, default=512, help="tokens, tool results included"
+    )
+    s.add_argument("--learning-rate", type=argtypes.real(0, low_open=True), default=2e-5)
+    s.add_argument("--seed", type=argtypes.seed, default=0)
     _agent_options(s)
     _checkpointing_option(s)
     s.set_defaults(func=cmd_grpo)
