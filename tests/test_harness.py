@@ -152,7 +152,8 @@ def test_summary_files_and_schema(tmp_path, episodes):
     )
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert list(summary) == ["tools", "oracle"]
-    base = {"n", *METRICS, *(f"{m}_ci95" for m in METRICS), "invalid_rate", "n_errors", "mean_latency_s"}
+    base = {"n", *METRICS, *(f"{m}_ci95" for m in METRICS), "invalid_rate", "n_errors", "mean_latency_s",
+            "backend_errors", "backend_error_rate"}  # fmt: skip
     assert set(summary["oracle"]) == base
     assert set(summary["tools"]) == base | {"mean_tool_calls", "tool_error_rate"}
     assert all(len(summary["tools"][f"{m}_ci95"]) == 2 for m in METRICS)
@@ -161,7 +162,7 @@ def test_summary_files_and_schema(tmp_path, episodes):
     assert md == markdown_table(summary)
     assert md.splitlines()[0].startswith("| ranker | n | HR@1 | HR@5 | HR@10 | NDCG@1")
     assert "| oracle | 4 | 1.000 ± 0.000 |" in md
-    assert "| 0.0% | 2.00 |" in md  # tools ranker: invalid, tools/ep
+    assert "| 0.0% | 2.00 | 0 |" in md  # tools ranker: invalid, tools/ep, back-end errors
 
     with (tmp_path / "summary.csv").open() as f:
         table = list(csv.DictReader(f))

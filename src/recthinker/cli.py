@@ -153,7 +153,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not rankers:
             break
         out = root if len(sets) == 1 else out_folder(str(root / name.replace("/", "-")))
-        summary = evaluate(rankers, episodes, out, resume=not args.no_resume, workers=args.workers)
+        summary = evaluate(
+            rankers,
+            episodes,
+            out,
+            resume=not args.no_resume,
+            workers=args.workers,
+            set_name=f"{bench.manifest['dataset']}:{name}",
+        )
         table = markdown_table({r.name: summary[r.name] for r in rankers})
         tables.append(f"### {name} ({len(episodes)} episodes)\n\n{table}\n")
         print(tables[-1])

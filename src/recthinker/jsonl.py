@@ -1,21 +1,63 @@
-"""JSONL files that survive a killed run: durable appends, and reads that drop a truncated last line.
+"""JSONL files that survive a killed run: durable appends, reads that drop a truncated last line, and a
+folder lock that keeps a second writer out.
 
-Every resumable writer in the project (evaluation rows, trajectories, rollouts) goes through these two
-functions, so a crash mid-line is repaired the same way everywhere.
+Every resumable writer in the project (evaluation rows, trajectories, rollouts) goes through these
+functions, so a crash mid-line is repaired the same way everywhere, and two runs never append to the same
+files at once (`folder_lock`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from recthinker.errors import DataError
+from recthinker.errors import DataError, RecThinkerError
 
 log = logging.getLogger(__name__)
+
+LOCK_NAME = ".lock"  # the lock file `folder_lock` creates in the folder it guards
+
+
+class FolderLockedError(RecThinkerError):
+    """Another run (process or thread) holds the lock of the output folder."""
+
+
+@contextmanager
+def folder_lock(folder: Path, what: str = "run") -> Iterator[None]:
+    """Hold an exclusive lock on `folder` for the block; raise `FolderLockedError` at once if it is taken.
+
+    The lock is an `fcntl.flock` on `folder/.lock`, which holds the owner's pid (for the error message).
+    The kernel drops the lock when the owner closes the file or dies, so a killed run never leaves a stale
+    lock behind; the file itself stays. Two opens in one process exclude each other too (threads).
+
+    Args:
+        folder: The folder to guard (must exist).
+        what: What holds the lock, for the message ("evaluate run").
+    """
+    path = Path(folder) / LOCK_NAME
+    f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 -- closed in the finally below
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            owner = f.read().strip() or "unknown"
+            raise FolderLockedError(
+                f"{folder} is in use by another {what} (pid {owner}): wait for it to finish, "
+                "or choose another output folder"
+            ) from None
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()
 
 
 def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:

@@ -23,7 +23,7 @@ import pandas as pd
 
 from recthinker.agent.evidence import evidence_ranking, evidence_signals
 from recthinker.agent.grammar import turn_grammar
-from recthinker.agent.llm import ChatModel, ContextOverflowError
+from recthinker.agent.llm import ChatModel, ContextOverflowError, LLMServerError
 from recthinker.agent.parse import parse_ranking, parse_turn
 from recthinker.agent.prompting import render_for_prompt_mode, task_prompt, template, tools_block
 from recthinker.agent.trajectory import Step, ToolCallRecord, Trajectory
@@ -375,10 +375,16 @@ class RecThinker:
 
 
 def run_safely(agent: RecThinker, episode: Episode) -> Trajectory:
-    """`agent.run`, with our own failures recorded in the trajectory instead of raised (batch rollouts)."""
+    """`agent.run`, with failures recorded in the trajectory instead of raised (batch rollouts).
+
+    A failure of the model back end (`LLMServerError`: server unreachable, HTTP errors) is marked with
+    `meta["backend_error"] = True` and note "backend error", so callers can tell an episode that never
+    reached the model from our own bug (note "error") without reading the message.
+    """
     try:
         return agent.run(episode)
-    except Exception:  # noqa: BLE001 -- episode boundary of a batch run: record, continue, fail at the end
+    except Exception as exc:  # noqa: BLE001 -- episode boundary of a batch run: record, continue, fail at the end
+        backend = isinstance(exc, LLMServerError) and not isinstance(exc, ContextOverflowError)
         return Trajectory(
             episode_id=episode.episode_id,
             user_id=episode.user_id,
@@ -386,5 +392,6 @@ def run_safely(agent: RecThinker, episode: Episode) -> Trajectory:
             target=episode.target,
             kind=agent.config.mode,
             error=traceback.format_exc(),
-            note="error",
+            note="backend error" if backend else "error",
+            meta={"backend_error": True} if backend else {},
         )

@@ -1,17 +1,28 @@
 """Evaluation harness: run rankers over episodes, one resumable JSONL row per episode, then a summary.
 
 For each ranker, `evaluate` writes `out_dir/<ranker.name>/episodes.jsonl` (one row per episode: ids,
-ranking, validity, target rank, HR/NDCG@{1,5,10}, MRR, latency and the ranker's `Ranking.info`), then
-summarises every ranker's rows from disk into `out_dir/summary.{json,md,csv}` and `chart.png`.
+`episode_sha` (a digest of the episode), ranking, validity, target rank, HR/NDCG@{1,5,10}, MRR, latency
+and the ranker's `Ranking.info`), then summarises the rows of *the requested episodes* from disk into
+`out_dir/summary.{json,md,csv}` and `chart.png`. `out_dir/run.json` records which episode set the folder
+holds (`set`, and the digest of every episode ever evaluated there).
 
 Rules it enforces:
 - an invalid `Ranking` scores 0 everywhere (never the candidate order); a *valid* ranking that is not a
   permutation of the candidates is a ranker bug and raises (caught at the episode boundary, see below);
 - rows are appended with flush + fsync, and a rerun skips episodes already on disk, so a killed run loses
   at most the episodes in flight; a truncated last line from a crash is dropped;
+- a summary counts exactly the requested episodes: rows of other episodes (an earlier, longer `--limit`)
+  stay in the file but are not counted, and a folder that holds another episode set (another set name,
+  or another episode under the same id) is refused (`EpisodeSetMismatchError`) unless `resume=False`;
+- one run at a time per folder: a second `evaluate` into the same folder is refused (`FolderLockedError`);
 - an exception inside a ranker is recorded in that episode's row (`error`, valid=False), the run goes on,
-  and `evaluate` raises `RecThinkerError` at the end, after writing the summary. Rows with an `error` are
-  retried by the next resumed run.
+  and `evaluate` raises `RecThinkerError` at the end, after writing the summary. A failure of the model
+  back end (`LLMServerError`) is recorded the same way with `backend_error: true` -- it is neither a
+  model mistake nor counted as one -- and after `max_consecutive_backend_errors` of them in a row the run
+  stops (`BackendUnavailableError`) instead of grinding through every episode. Rows with an `error` are
+  retried by the next resumed run;
+- Ctrl-C (KeyboardInterrupt) stops the run at once: finished rows stay, episodes in flight are dropped,
+  no worker starts another episode, and the KeyboardInterrupt propagates.
 
 Usage::
 
@@ -20,31 +31,88 @@ Usage::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import threading
 import time
 import traceback
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from recthinker.agent.llm import ContextOverflowError, LLMServerError
 from recthinker.errors import DataError, RecThinkerError
 from recthinker.eval.metrics import hit_at_k, mean_ci95, mrr, ndcg_at_k, target_rank
 from recthinker.eval.report import METRICS, atomic_write_bytes, write_summary
-from recthinker.jsonl import load_jsonl
+from recthinker.jsonl import FolderLockedError, folder_lock, load_jsonl
 from recthinker.types import Episode, Ranker, Ranking
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "BackendUnavailableError",
+    "EpisodeSetMismatchError",
+    "FolderLockedError",
+    "OutputFolderError",
+    "episode_digest",
+    "evaluate",
+    "read_rows",
+    "rows_of_episodes",
+    "score_rank",
+    "summarize_rows",
+]
+
 KS = (1, 5, 10)
-_BASE_KEYS = ("episode_id", "user_id", "split", "subset", "target", "ranking", "valid", "note", "target_rank")
-_RESERVED = frozenset((*_BASE_KEYS, *METRICS, "latency_s", "error"))
+RUN_FILE = "run.json"  # which episode set an output folder holds
+_BASE_KEYS = (
+    "episode_id",
+    "episode_sha",
+    "user_id",
+    "split",
+    "subset",
+    "target",
+    "ranking",
+    "valid",
+    "note",
+    "target_rank",
+)
+_RESERVED = frozenset((*_BASE_KEYS, *METRICS, "latency_s", "error", "backend_error", "backend_message"))
+
+
+class OutputFolderError(RecThinkerError):
+    """The output folder cannot be used (it cannot be created, or it holds another episode set)."""
+
+
+class EpisodeSetMismatchError(OutputFolderError):
+    """The output folder holds rows of a different episode set than the one requested."""
+
+
+class BackendUnavailableError(RecThinkerError):
+    """The model back end failed on several episodes in a row, so `evaluate` stopped early."""
+
+
+def episode_digest(episode: Episode) -> str:
+    """A short sha256 of everything that defines the task (ids, history, candidates, target, split).
+
+    >>> e = Episode(episode_id="u1/test", user_id="u1", history=("a",), candidates=("b", "c"), target="c")
+    >>> from dataclasses import replace
+    >>> len(episode_digest(e)), episode_digest(e) == episode_digest(replace(e, target="b"))
+    (16, False)
+    """
+    text = json.dumps(episode.to_dict(), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _set_fingerprint(digests: Mapping[str, str]) -> str:
+    """sha256 over the (episode_id, digest) pairs of a set, independent of order."""
+    text = "".join(f"{eid}\t{digests[eid]}\n" for eid in sorted(digests))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def score_rank(rank: int | None) -> dict[str, float]:
@@ -62,6 +130,7 @@ def score_rank(rank: int | None) -> dict[str, float]:
 def _episode_fields(episode: Episode) -> dict[str, Any]:
     return {
         "episode_id": episode.episode_id,
+        "episode_sha": episode_digest(episode),
         "user_id": episode.user_id,
         "split": episode.split,
         "subset": episode.subset,
@@ -97,15 +166,35 @@ def _scored_row(episode: Episode, ranking: Ranking, latency_s: float) -> dict[st
     return row
 
 
-def _run_episode(ranker: Ranker, episode: Episode) -> tuple[str, bool]:
-    """Rank one episode; returns (JSONL line, failed). Ranker exceptions are caught here, and only here."""
+def is_backend_error(exc: BaseException) -> bool:
+    """Whether `exc` is a failure of the model back end (not a model mistake, not our bug).
+
+    A context overflow is the conversation's size, not the server's health: the agent loop turns it into
+    an invalid answer, and one that escapes a ranker counts as a ranker error.
+    """
+    return isinstance(exc, LLMServerError) and not isinstance(exc, ContextOverflowError)
+
+
+def _run_episode(ranker: Ranker, episode: Episode) -> tuple[str, dict[str, Any]]:
+    """Rank one episode; returns (JSONL line, row). Ranker exceptions are caught here, and only here.
+
+    A failed episode's row has `error` (the traceback) and, when the model back end failed,
+    `backend_error: true` and `backend_message` (the back end's one-line message).
+    """
     start = time.perf_counter()
     try:
         ranking = ranker.rank(episode)
         row = _scored_row(episode, ranking, time.perf_counter() - start)
         line = json.dumps(row) + "\n"  # inside the boundary: non-JSON info is a ranker bug too
     except Exception as exc:
-        log.warning("ranker %s failed on episode %s: %r", ranker.name, episode.episode_id, exc)
+        backend = is_backend_error(exc)
+        log.warning(
+            "ranker %s failed on episode %s%s: %r",
+            ranker.name,
+            episode.episode_id,
+            " (model back end)" if backend else "",
+            exc,
+        )
         row = {
             **_episode_fields(episode),
             "ranking": [],
@@ -116,7 +205,10 @@ def _run_episode(ranker: Ranker, episode: Episode) -> tuple[str, bool]:
             "latency_s": time.perf_counter() - start,
             "error": traceback.format_exc(),
         }
-        return json.dumps(row) + "\n", True
+        if backend:
+            row["backend_error"] = True
+            row["backend_message"] = " ".join(str(exc).split())[:500]
+        return json.dumps(row) + "\n", row
     log.debug(
         "%s %s: rank=%s valid=%s %.2fs",
         ranker.name,
@@ -125,7 +217,7 @@ def _run_episode(ranker: Ranker, episode: Episode) -> tuple[str, bool]:
         row["valid"],
         row["latency_s"],
     )
-    return line, False
+    return line, row
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -135,7 +227,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         path: The JSONL file.
 
     Returns:
-        One dict per complete row, in file order.
+        One dict per complete row, in file order (every row on disk, whatever episode set it belongs to;
+        `rows_of_episodes` keeps those of one set).
 
     Raises:
         DataError: A line other than the last is not valid JSON.
@@ -143,22 +236,59 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return load_jsonl(Path(path))[0]
 
 
+def _matches(row: Mapping[str, Any], episode: Episode, digest: str) -> bool:
+    """Whether a row on disk is a result for this very episode (not another one under the same id)."""
+    if "episode_sha" in row:
+        return row["episode_sha"] == digest
+    # rows written before episode_sha existed: compare what they carry
+    if row.get("user_id") != episode.user_id or row.get("target") != episode.target:
+        return False
+    return not row.get("valid") or sorted(row.get("ranking", ())) == sorted(episode.candidates)
+
+
+def rows_of_episodes(rows: Sequence[Mapping[str, Any]], episodes: Sequence[Episode]) -> list[dict[str, Any]]:
+    """The rows that are results for `episodes`: one per episode that has one, in episode order.
+
+    Rows of other episodes, and rows under a requested id that were made for a different episode (other
+    candidates or target), are left out. Of several rows for one episode the first without an `error`
+    wins, else the last one.
+
+    Args:
+        rows: Rows as read by `read_rows`.
+        episodes: The episodes to keep rows of.
+    """
+    digests = {e.episode_id: episode_digest(e) for e in episodes}
+    by_id = {e.episode_id: e for e in episodes}
+    chosen: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        eid = row.get("episode_id")
+        if eid not in by_id or not _matches(row, by_id[eid], digests[eid]):
+            continue
+        if eid not in chosen or chosen[eid].get("error"):
+            chosen[eid] = dict(row)
+    return [chosen[e.episode_id] for e in episodes if e.episode_id in chosen]
+
+
 def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Means and 95% CIs of the per-episode metrics, plus validity, latency and tool statistics.
+    """Means and 95% CIs of the per-episode metrics, plus validity, error, latency and tool statistics.
 
     Rows are sorted by episode_id first, so the result does not depend on the order they were written in.
+    An episode whose model back end failed scores 0 like any failed episode, but is counted in
+    `backend_errors`, not as an invalid answer: it never reached the model.
 
     Args:
         rows: Per-episode rows as written by `evaluate` (at least one).
 
     Returns:
-        `n`, one mean per metric, `<metric>_ci95: [lo, hi]`, `invalid_rate`, `n_errors`,
-        `mean_latency_s`, and when rows carry `tool_calls`: `mean_tool_calls` and `tool_error_rate`.
+        `n`, one mean per metric, `<metric>_ci95: [lo, hi]`, `invalid_rate` (invalid answers, back-end
+        failures excluded), `n_errors` (ranker exceptions), `backend_errors` and `backend_error_rate`
+        (episodes the model back end failed), `mean_latency_s`, and when rows carry `tool_calls`:
+        `mean_tool_calls` and `tool_error_rate`.
 
     >>> rows = [dict(episode_id=str(i), valid=True, latency_s=1.0, **score_rank(r)) for i, r in enumerate([1, 3])]
     >>> s = summarize_rows(rows)
-    >>> s["n"], s["ndcg@10"], s["hr@1"], s["invalid_rate"]
-    (2, 0.75, 0.5, 0.0)
+    >>> s["n"], s["ndcg@10"], s["hr@1"], s["invalid_rate"], s["backend_errors"]
+    (2, 0.75, 0.5, 0.0, 0)
     """
     if not rows:
         raise ValueError("summarize_rows needs at least one row")
@@ -170,8 +300,13 @@ def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out[metric] = mean
         cis[f"{metric}_ci95"] = [lo, hi]
     out.update(cis)
-    out["invalid_rate"] = float(np.mean([not r["valid"] for r in rows]))
-    out["n_errors"] = sum(1 for r in rows if r.get("error"))
+    backend = [bool(r.get("backend_error")) for r in rows]
+    out["invalid_rate"] = float(
+        np.mean([not r["valid"] and not b for r, b in zip(rows, backend, strict=True)])
+    )
+    out["n_errors"] = sum(1 for r, b in zip(rows, backend, strict=True) if r.get("error") and not b)
+    out["backend_errors"] = sum(backend)
+    out["backend_error_rate"] = float(np.mean(backend))
     out["mean_latency_s"] = float(np.mean([float(r.get("latency_s", 0.0)) for r in rows]))
     with_tools = [r for r in rows if "tool_calls" in r]
     if with_tools:
@@ -190,31 +325,96 @@ def _count(value: Any) -> int:
     return len(value) if isinstance(value, list | tuple) else int(value)
 
 
-def _prepare_file(path: Path, resume: bool) -> set[str]:
-    """Make `path` a clean JSONL file to append to; return the episode_ids already done there."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not resume or not path.exists():
-        atomic_write_bytes(path, b"")
-        return set()
-    rows, clean = load_jsonl(path)
+# -- which episode set a folder holds ------------------------------------------------------------------
+
+
+def _refuse(out_dir: Path, what: str) -> EpisodeSetMismatchError:
+    return EpisodeSetMismatchError(
+        f"{out_dir} holds results of a different episode set ({what}); choose another output folder "
+        "(--out), or pass --no-resume to start over there"
+    )
+
+
+def _read_run_file(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / RUN_FILE
+    if not path.exists():
+        return {}
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); delete it or pass --no-resume") from exc
+    if not isinstance(run, dict) or not isinstance(run.get("episodes", {}), dict):
+        raise DataError(f"{path}: not a run record (no `episodes` object); delete it or pass --no-resume")
+    return run
+
+
+def _check_run_file(
+    out_dir: Path, run: Mapping[str, Any], set_name: str | None, digests: Mapping[str, str]
+) -> None:
+    """Refuse when the folder's recorded episode set is not the requested one (resume only)."""
+    old_set = run.get("set")
+    if set_name is not None and old_set is not None and old_set != set_name:
+        raise _refuse(out_dir, f"{old_set!r}, not {set_name!r}")
+    known: dict[str, str] = run.get("episodes", {})
+    for eid, digest in digests.items():
+        if eid in known and known[eid] != digest:
+            raise _refuse(out_dir, f"episode {eid!r} there has other candidates, history or target")
+    if known and not known.keys() & digests.keys():
+        raise _refuse(out_dir, f"none of its {len(known)} episodes is among the {len(digests)} requested")
+
+
+def _check_rows(path: Path, rows: Sequence[Mapping[str, Any]], wanted: Mapping[str, Episode]) -> None:
+    """Refuse a ranker file whose rows are results for other episodes than the requested ones."""
+    digests = {eid: episode_digest(e) for eid, e in wanted.items()}
+    for lineno, row in enumerate(rows, start=1):
+        eid = row.get("episode_id")
+        if eid in wanted and not _matches(row, wanted[eid], digests[eid]):
+            raise _refuse(path.parent.parent, f"row {lineno} of {path}: episode {eid!r} differs")
+    if rows and not any(r.get("episode_id") in wanted for r in rows):
+        raise _refuse(path.parent.parent, f"none of the {len(rows)} rows of {path} is a requested episode")
+
+
+def _clean_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows to keep on resume: no failed rows (they are retried) and one row per episode id."""
     kept: list[dict[str, Any]] = []
     done: set[str] = set()
     for row in rows:
-        if row.get("error") or row["episode_id"] in done:  # retry failed episodes; never keep duplicates
+        if row.get("error") or row["episode_id"] in done:
             continue
         kept.append(row)
         done.add(row["episode_id"])
-    if not clean or len(kept) != len(rows):
-        atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
-    return done
+    return kept
+
+
+# -- running one ranker ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Progress:
+    """What one ranker's run has done so far (shared by its worker threads, guarded by `lock`)."""
+
+    limit: int  # stop after this many back-end failures in a row
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)  # start no further episode
+    closed: bool = False  # the file is closed: drop results that still arrive
+    done: int = 0  # rows written with a result
+    failed: int = 0  # rows with a ranker exception (back-end failures included)
+    backend_failed: int = 0
+    in_a_row: int = 0  # consecutive back-end failures, in the order rows were written
+    last_backend: str = ""
+    gave_up: int = 0  # > 0: stopped after this many back-end failures in a row
+    crash: BaseException | None = None  # KeyboardInterrupt / SystemExit / a write error in a worker
 
 
 def _run_ranker(
-    ranker: Ranker, todo: Sequence[Episode], path: Path, workers: int, progress: bool | None
-) -> int:
-    """Rank `todo`, appending one row per episode to `path`; return how many episodes failed."""
-    lock = threading.Lock()
-    failed = 0
+    ranker: Ranker, todo: Sequence[Episode], path: Path, workers: int, progress: bool | None, limit: int
+) -> _Progress:
+    """Rank `todo`, appending one row per episode to `path`; return what happened.
+
+    Workers are daemon threads, so a Ctrl-C returns at once: no worker starts another episode, and
+    episodes still in flight are dropped when they finish (the file is closed by then).
+    """
+    state = _Progress(limit=limit)
     bar = tqdm(
         total=len(todo),
         desc=f"eval {ranker.name}",
@@ -224,35 +424,82 @@ def _run_ranker(
     with path.open("a", encoding="utf-8") as f, bar:
 
         def task(episode: Episode) -> None:
-            nonlocal failed
-            line, episode_failed = _run_episode(ranker, episode)
-            with lock:  # one writer at a time: rows never interleave
+            line, row = _run_episode(ranker, episode)
+            with state.lock:  # one writer at a time: rows never interleave
+                if state.closed:
+                    return
                 f.write(line)
                 f.flush()
                 os.fsync(f.fileno())
-                failed += episode_failed
                 bar.update(1)
+                if not row.get("error"):
+                    state.done += 1
+                    state.in_a_row = 0
+                    return
+                state.failed += 1
+                if not row.get("backend_error"):
+                    state.in_a_row = 0
+                    return
+                state.backend_failed += 1
+                state.in_a_row += 1
+                state.last_backend = row["backend_message"]
+                if state.in_a_row >= state.limit and not state.gave_up:
+                    state.gave_up = state.in_a_row
+                    state.stop.set()
 
-        if workers == 1:
-            for episode in todo:
-                task(episode)
-            return failed
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"eval-{ranker.name}")
         try:
-            for future in [pool.submit(task, e) for e in todo]:
-                future.result()
-        finally:  # on Ctrl-C or a write error, do not start the queued episodes
-            pool.shutdown(wait=True, cancel_futures=True)
-    return failed
+            if workers == 1 or len(todo) == 1:
+                for episode in todo:
+                    if state.stop.is_set():
+                        break
+                    task(episode)
+            else:
+                _run_threads(task, todo, workers, state, ranker.name)
+        finally:
+            with state.lock:  # a Ctrl-C lands here too: nothing is written after this point
+                state.closed = True
+                state.stop.set()
+    if state.crash is not None:
+        raise state.crash
+    return state
 
 
-def _check_inputs(rankers: Sequence[Ranker], episodes: Sequence[Episode], workers: int) -> None:
+def _run_threads(task, todo: Sequence[Episode], workers: int, state: _Progress, name: str) -> None:
+    queue: Iterator[Episode] = iter(todo)
+    take = threading.Lock()
+
+    def worker() -> None:
+        try:
+            while not state.stop.is_set():
+                with take:
+                    episode = next(queue, None)
+                if episode is None:
+                    return
+                task(episode)
+        except BaseException as exc:  # noqa: BLE001 -- a ranker's KeyboardInterrupt or a write error:
+            with state.lock:  # stop everyone, re-raised by _run_ranker in the calling thread
+                state.crash = state.crash or exc
+            state.stop.set()
+
+    threads = [
+        threading.Thread(target=worker, name=f"eval-{name}-{k}", daemon=True)
+        for k in range(min(workers, len(todo)))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()  # interruptible: Ctrl-C propagates from here, the workers are not waited for
+
+
+def _check_inputs(rankers: Sequence[Ranker], episodes: Sequence[Episode], workers: int, limit: int) -> None:
     if not rankers:
         raise ValueError("evaluate needs at least one ranker")
     if not episodes:
         raise ValueError("evaluate needs at least one episode")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if limit < 1:
+        raise ValueError(f"max_consecutive_backend_errors must be >= 1, got {limit}")
     unlabelled = [e.episode_id for e in episodes if e.target is None]
     if unlabelled:
         raise ValueError(
@@ -271,8 +518,13 @@ def _check_inputs(rankers: Sequence[Ranker], episodes: Sequence[Episode], worker
         raise ValueError("episode_ids must be unique")
 
 
-def _merged_summary(out_dir: Path, names: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Summaries of `names` from disk, merged into any earlier summary.json in `out_dir`."""
+def _merged_summary(
+    out_dir: Path, names: Sequence[str], episodes: Sequence[Episode], keep_old: bool
+) -> dict[str, dict[str, Any]]:
+    """Summaries of the requested episodes, from disk, for `names` and the rankers of an earlier summary.json.
+
+    An earlier ranker whose folder is gone keeps its old entry when `keep_old` (same episode set).
+    """
     summary_path = out_dir / "summary.json"
     old: dict[str, dict[str, Any]] = {}
     if summary_path.exists():
@@ -283,12 +535,21 @@ def _merged_summary(out_dir: Path, names: Sequence[str]) -> dict[str, dict[str, 
     merged: dict[str, dict[str, Any]] = {}
     for name in [*old, *(n for n in names if n not in old)]:
         path = out_dir / name / "episodes.jsonl"
-        rows = read_rows(path) if path.exists() else []
+        rows = rows_of_episodes(read_rows(path), episodes) if path.exists() else []
         if rows:
             merged[name] = summarize_rows(rows)
-        elif name in old:
+        elif name in old and keep_old and not path.exists():
             merged[name] = old[name]
     return merged
+
+
+def _backend_name(ranker: Ranker) -> str:
+    """The chat model a ranker drives, when it says (its repr names the server URL), else its name."""
+    for obj in (ranker, getattr(ranker, "inner", None)):
+        model = getattr(obj, "model", None)
+        if model is not None and type(model).__repr__ is not object.__repr__:
+            return repr(model)
+    return f"the back end of ranker {ranker.name!r}"
 
 
 def evaluate(
@@ -299,55 +560,126 @@ def evaluate(
     resume: bool = True,
     workers: int = 1,
     progress: bool | None = None,
+    set_name: str | None = None,
+    max_consecutive_backend_errors: int = 3,
 ) -> dict[str, dict[str, Any]]:
     """Run every ranker over every episode, write per-episode rows and a summary report.
 
     Args:
         rankers: Rankers with unique, path-safe `name`s.
         episodes: Episodes with unique `episode_id`s.
-        out_dir: Output directory; `<ranker.name>/episodes.jsonl` per ranker, summary files on top.
+        out_dir: Output directory; `<ranker.name>/episodes.jsonl` per ranker, summary files and run.json
+            on top. Locked for the duration of the call.
         resume: Keep rows already on disk and only run missing (or failed) episodes; False starts over.
         workers: Episodes ranked concurrently per ranker (threads; for rankers waiting on an LLM server).
         progress: Show a progress bar; None shows it only when stderr is a terminal.
+        set_name: What the episodes are (e.g. "ml-1m:dense/test"), recorded in run.json; resuming into a
+            folder recorded with another name is refused.
+        max_consecutive_backend_errors: Stop after this many episodes in a row failed on the model back end.
 
     Returns:
-        `{ranker_name: stats}` for every ranker in `out_dir/summary.json` (this call's rankers
-        recomputed from disk, earlier ones kept), exactly as written there.
+        `{ranker_name: stats}` for every ranker in `out_dir/summary.json` (every ranker with rows for the
+        requested episodes recomputed from disk over exactly those episodes), exactly as written there.
 
     Raises:
+        OutputFolderError: `out_dir` cannot be created.
+        EpisodeSetMismatchError: Resuming into a folder that holds another episode set.
+        FolderLockedError: Another run is writing into `out_dir`.
+        BackendUnavailableError: The model back end failed on `max_consecutive_backend_errors` episodes in
+            a row; the finished rows are kept, the summary is not rewritten.
         RecThinkerError: A ranker raised on at least one episode (after all rows and the summary are written).
+        KeyboardInterrupt: Ctrl-C; the finished rows are kept.
     """
     out_dir = Path(out_dir)
-    _check_inputs(rankers, episodes, workers)
-    failures: dict[str, int] = {}
-    for ranker in rankers:
-        path = out_dir / ranker.name / "episodes.jsonl"
-        done = _prepare_file(path, resume)
-        todo = [e for e in episodes if e.episode_id not in done]
-        log.info(
-            "%s: %d episodes to rank (%d already done)", ranker.name, len(todo), len(episodes) - len(todo)
+    _check_inputs(rankers, episodes, workers, max_consecutive_backend_errors)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise OutputFolderError(f"output folder {out_dir} cannot be created: a file is in the way") from exc
+    except OSError as exc:
+        raise OutputFolderError(f"output folder {out_dir} cannot be created: {exc.strerror}") from exc
+    with folder_lock(out_dir, "evaluate run"):
+        return _evaluate_locked(
+            rankers, episodes, out_dir, resume, workers, progress, set_name, max_consecutive_backend_errors
         )
+
+
+def _evaluate_locked(
+    rankers: Sequence[Ranker],
+    episodes: Sequence[Episode],
+    out_dir: Path,
+    resume: bool,
+    workers: int,
+    progress: bool | None,
+    set_name: str | None,
+    limit: int,
+) -> dict[str, dict[str, Any]]:
+    wanted = {e.episode_id: e for e in episodes}
+    digests = {eid: episode_digest(e) for eid, e in wanted.items()}
+    run = _read_run_file(out_dir) if resume else {}
+    _check_run_file(out_dir, run, set_name, digests)
+    # every check before any write: a refused run changes nothing
+    paths = {r.name: out_dir / r.name / "episodes.jsonl" for r in rankers}
+    on_disk: dict[str, tuple[list[dict[str, Any]], bool]] = {}
+    if resume:
+        for name, path in paths.items():
+            if path.exists():
+                on_disk[name] = load_jsonl(path)
+                _check_rows(path, on_disk[name][0], wanted)
+    run = {
+        "set": set_name if set_name is not None else run.get("set"),
+        "episodes": {**run.get("episodes", {}), **digests},
+        "summary_episodes": run.get("summary_episodes"),
+    }
+    atomic_write_bytes(out_dir / RUN_FILE, (json.dumps(run, indent=1) + "\n").encode())
+
+    results: dict[str, _Progress] = {}
+    for ranker in rankers:
+        path = paths[ranker.name]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows, clean = on_disk.get(ranker.name, ([], True))
+        kept = _clean_rows(rows)
+        if not resume or not path.exists() or not clean or len(kept) != len(rows):
+            atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        done = {r["episode_id"] for r in rows_of_episodes(kept, episodes)}
+        todo = [e for e in episodes if e.episode_id not in done]
+        log.info("%s: %d episodes to rank (%d already done)", ranker.name, len(todo), len(done))
         start = time.perf_counter()
-        failures[ranker.name] = _run_ranker(ranker, todo, path, workers, progress)
+        state = _run_ranker(ranker, todo, path, workers, progress, limit)
+        results[ranker.name] = state
         log.info("%s: ranked %d episodes in %.1fs", ranker.name, len(todo), time.perf_counter() - start)
-    summary = _merged_summary(out_dir, [r.name for r in rankers])
+        if state.gave_up:
+            n_run = state.done + state.failed
+            raise BackendUnavailableError(
+                f"evaluate stopped: the model back end ({_backend_name(ranker)}) failed on {state.gave_up} "
+                f"episodes in a row ({state.backend_failed} back-end failures in the {n_run} episodes ranker "
+                f"{ranker.name} ran; last error: {state.last_backend}); {len(todo) - n_run} episodes were not run; the "
+                f"{len(done) + state.done} finished rows are kept in {path} -- fix the back end and run the "
+                "same command to resume"
+            )
+    summary = _merged_summary(out_dir, [r.name for r in rankers], episodes, keep_old=resume)
     write_summary(summary, out_dir)
-    for name in failures:
+    run["summary_episodes"] = {"n": len(episodes), "sha256": _set_fingerprint(digests)}
+    atomic_write_bytes(out_dir / RUN_FILE, (json.dumps(run, indent=1) + "\n").encode())
+    for name in results:
         s = summary[name]
         log.info(
-            "%s: n=%d NDCG@10=%.4f HR@10=%.4f MRR=%.4f invalid=%.1f%%",
+            "%s: n=%d NDCG@10=%.4f HR@10=%.4f MRR=%.4f invalid=%.1f%% backend errors=%d",
             name,
             s["n"],
             s["ndcg@10"],
             s["hr@10"],
             s["mrr"],
             100 * s["invalid_rate"],
+            s["backend_errors"],
         )
-    n_failed = sum(failures.values())
+    n_failed = sum(r.failed for r in results.values())
     if n_failed:
-        detail = ", ".join(f"{name}: {n}" for name, n in failures.items() if n)
+        n_backend = sum(r.backend_failed for r in results.values())
+        detail = ", ".join(f"{name}: {r.failed}" for name, r in results.items() if r.failed)
         raise RecThinkerError(
-            f"{n_failed} episode(s) failed with an exception ({detail}); tracebacks are in the `error` "
-            f"field of {out_dir}/<ranker>/episodes.jsonl, and a resumed run retries them"
+            f"{n_failed} episode(s) failed with an exception ({detail}; {n_backend} of them on the model "
+            f"back end); tracebacks are in the `error` field of {out_dir}/<ranker>/episodes.jsonl, and a "
+            "resumed run retries them"
         )
     return summary

@@ -46,27 +46,32 @@ def _cell(stats: Mapping[str, Any], metric: str) -> str:
 def markdown_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
     """Render the summary as a Markdown table, one row per ranker, metrics as `mean ± CI half-width`.
 
+    `invalid` is the share of invalid answers (model mistakes); `backend err` counts the episodes the model
+    back end failed on (they never reached the model; "–" for summaries written before it was counted).
+
     Args:
         summary: `{ranker_name: stats}` as returned by `evaluate`.
 
     Returns:
         The table text, ending with a newline.
 
-    >>> s = {"pop": {"n": 2, "invalid_rate": 0.5, **{m: 0.5 for m in METRICS},
+    >>> s = {"pop": {"n": 2, "invalid_rate": 0.5, "backend_errors": 0, **{m: 0.5 for m in METRICS},
     ...              **{f"{m}_ci95": [0.25, 0.75] for m in METRICS}}}
     >>> print(markdown_table(s).splitlines()[2])
-    | pop | 2 | 0.500 ± 0.250 | 0.500 ± 0.250 | 0.500 ± 0.250 | 0.500 ± 0.250 | 0.500 ± 0.250 | 0.500 ± 0.250 | 0.500 ± 0.250 | 50.0% | – |
+    | pop | 2 | 0.500 ± 0.250 | 0.500 ± 0.250 | 0.500 ± 0.250 | 0.500 ± 0.250 | 0.500 ± 0.250 | 0.500 ± 0.250 | 0.500 ± 0.250 | 50.0% | – | 0 |
     """
-    header = ["ranker", "n", *_HEADERS, "invalid", "tools/ep"]
+    header = ["ranker", "n", *_HEADERS, "invalid", "tools/ep", "backend err"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for name, stats in summary.items():
         tools = stats.get("mean_tool_calls")
+        backend = stats.get("backend_errors")
         cells = [
             name,
             str(stats["n"]),
             *(_cell(stats, m) for m in METRICS),
             f"{100 * stats['invalid_rate']:.1f}%",
             "–" if tools is None else f"{tools:.2f}",
+            "–" if backend is None else str(backend),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

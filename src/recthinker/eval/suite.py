@@ -51,7 +51,9 @@ def run_suite(
             built.append(make_ranker(r, name))
             fit_s[r] = max(fit_s.get(r, 0.0), time.perf_counter() - t0)
         log.info("%s: %d episodes x %d rankers", name, len(episodes), len(built))
-        summary = evaluate(built, episodes, out / name.replace("/", "-"), workers=workers)
+        folder = out / name.replace("/", "-")
+        set_name = f"{bench.manifest.get('dataset')}:{name}"
+        summary = evaluate(built, episodes, folder, workers=workers, set_name=set_name)
         results[name] = {r.name: summary[r.name] for r in built}
     meta = {
         "dataset": bench.manifest.get("dataset"),

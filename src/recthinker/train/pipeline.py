@@ -351,21 +351,39 @@ def _evaluate(run: Run, folder: Path, name: str, adapter: Path | None) -> dict[s
     by_set = {}
     chat = None
     for set_name in p.eval_sets:
-        episodes = run.bench.episodes(set_name)
-        episodes = episodes[: p.eval_limit] if p.eval_limit else episodes
+        episodes = _eval_episodes(run, set_name)
         ranker = _ranker(run, name, adapter, load_resources(run.bench, set_name))
         if hasattr(ranker, "model"):
             chat = ranker.model = chat or ranker.model  # one loaded model for every set
-        summary = evaluate([ranker], episodes, folder / set_name.replace("/", "-"), workers=p.workers)
+        summary = evaluate(
+            [ranker],
+            episodes,
+            folder / set_name.replace("/", "-"),
+            workers=p.workers,
+            set_name=f"{run.bench.manifest['dataset']}:{set_name}",
+        )
         by_set[set_name] = summary[name]
     return {"by_set": by_set}
 
 
-def pooled_metrics(out: Path, name: str, sets: tuple[str, ...], by_set: dict[str, Any]) -> dict[str, Any]:
-    """The contract metrics of model `name` over all its evaluated episodes (rows pooled across sets)."""
-    from recthinker.eval.harness import read_rows, summarize_rows
+def _eval_episodes(run: Run, set_name: str) -> list:
+    """The episodes of `set_name` that the preset evaluates on (its first `eval_limit`)."""
+    episodes = run.bench.episodes(set_name)
+    return episodes[: run.preset.eval_limit] if run.preset.eval_limit else episodes
 
-    rows = [r for s in sets for r in read_rows(out / "eval" / s.replace("/", "-") / name / "episodes.jsonl")]
+
+def pooled_metrics(run: Run, name: str, by_set: dict[str, Any]) -> dict[str, Any]:
+    """The contract metrics of model `name` over its evaluated episodes (rows pooled across sets).
+
+    Only the rows of the episodes this preset evaluates count: a folder may also hold rows of an earlier
+    run with another `eval_limit`.
+    """
+    from recthinker.eval.harness import read_rows, rows_of_episodes, summarize_rows
+
+    rows = []
+    for s in run.preset.eval_sets:
+        path = run.out / "eval" / s.replace("/", "-") / name / "episodes.jsonl"
+        rows += rows_of_episodes(read_rows(path), _eval_episodes(run, s))
     s = summarize_rows(rows)
     keys = ("n", "ndcg@1", "ndcg@5", "ndcg@10", "hr@5", "invalid_rate", "mean_tool_calls")
     return {
@@ -432,7 +450,7 @@ def run_pipeline(
     metrics: dict[str, Any] = {}
     for name, path in models.items():
         result = run.stage(f"eval-{name}", lambda f, n=name, a=path: _evaluate(run, f, n, a))
-        metrics[name] = pooled_metrics(out, name, preset.eval_sets, result["by_set"])
+        metrics[name] = pooled_metrics(run, name, result["by_set"])
     stages = {
         m.name.removesuffix(".json"): json.loads(m.read_text()) for m in (out / "stages").glob("*.json")
     }
