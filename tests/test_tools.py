@@ -14,9 +14,9 @@ import pytest
 
 from recthinker.data.benchmark import Benchmark, ensure_benchmark
 from recthinker.data.log import InteractionLog
-from recthinker.errors import ConfigError
+from recthinker.errors import ConfigError, DataError, RecThinkerError
 from recthinker.tools import collab
-from recthinker.tools.commands import bench_tools, run_tool
+from recthinker.tools.commands import ToolError, bench_tools, run_tool
 from recthinker.tools.env import MAX_CHARS, TOOL_NAMES, RecEnv, clip
 from recthinker.tools.resources import build_resources, load_resources
 from recthinker.types import Episode
@@ -414,7 +414,90 @@ def test_run_tool_uses_the_users_test_episode(tiny_benchmark: Benchmark):
         str(tiny_benchmark.root), e.user_id, "item_info", {"item_ids": ["[1]"]}, candidates=["m00"]
     )
     assert given.startswith("[1] m00")
-    assert "Unknown tool" in run_tool(str(tiny_benchmark.root), e.user_id, "nope", {})
+    as_json = run_tool(str(tiny_benchmark.root), e.user_id, "user_history", '{"k": 2}')
+    assert as_json == run_tool(str(tiny_benchmark.root), e.user_id, "user_history", {"k": 2})
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "kind", "hint"),
+    [
+        ("nope", {}, "unknown_tool", "Unknown tool 'nope'. Available tools: user_profile"),
+        ("user_history", {"k": "x"}, "bad_arguments", "argument 'k' must be an integer"),
+        ("user_history", {"bogus": 1}, "bad_arguments", "unknown argument(s) ['bogus']"),
+        ("item_info", {}, "bad_arguments", "missing argument(s) ['item_ids']"),
+        ("item_info", {"item_ids": ["zzz"]}, "unknown_item", "Unknown item 'zzz'"),
+        ("item_relations", {"item_id": "[99]"}, "unknown_item", "Unknown item '[99]'"),
+        ("cf_scores", {"model": "gpt"}, "bad_arguments", "model must be one of"),
+    ],
+)
+def test_run_tool_raises_on_an_error_observation(tiny_benchmark: Benchmark, name, args, kind, hint):
+    e = tiny_benchmark.episodes("dense/test")[0]
+    with pytest.raises(ToolError) as info:
+        run_tool(str(tiny_benchmark.root), e.user_id, name, args)
+    assert isinstance(info.value, RecThinkerError)
+    assert info.value.observation.error == kind and not info.value.observation.ok
+    assert hint in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ("{bad json", "not valid JSON"),
+        ('{"k": 5', "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('"k"', "must be a JSON object"),
+        ("5", "must be a JSON object"),
+        ("[" * 100_000, "nested too deeply"),
+        ([1], "must be a JSON object"),
+    ],
+)
+def test_run_tool_rejects_arguments_that_are_not_a_json_object(tiny_benchmark: Benchmark, args, message):
+    e = tiny_benchmark.episodes("dense/test")[0]
+    with pytest.raises(ConfigError, match=message):
+        run_tool(str(tiny_benchmark.root), e.user_id, "user_history", args)
+
+
+@pytest.mark.parametrize(
+    ("user", "candidates", "message"),
+    [
+        (None, ["m00", "zzz"], "unknown item id 'zzz'"),
+        (None, ["m00", "m01", "m00"], "candidate ids must be distinct"),
+        (None, [], "no candidate ids given"),
+        ("nobody", None, "unknown user 'nobody'"),
+        ("nobody", ["m00"], "unknown user 'nobody'"),
+        ("", None, "unknown user ''"),
+    ],
+)
+def test_run_tool_checks_users_and_candidates_like_recommend(
+    tiny_benchmark: Benchmark, user, candidates, message
+):
+    user = tiny_benchmark.episodes("dense/test")[0].user_id if user is None else user
+    with pytest.raises(DataError, match=message):
+        run_tool(str(tiny_benchmark.root), user, "user_profile", {}, candidates=candidates)
+
+
+def test_tool_verb_exits_2_with_the_observation_on_stderr(tiny_benchmark: Benchmark, capsys):
+    from recthinker.cli import main
+
+    e = tiny_benchmark.episodes("dense/test")[0]
+    where = ["--dataset", str(tiny_benchmark.root), "--user", e.user_id]
+    assert main(["tool", "user_profile", *where]) == 0
+    assert e.user_id in capsys.readouterr().out
+    for bad in (
+        ["nope"],
+        ["item_info", "--args", '{"item_ids": ["zzz"]}'],
+        ["user_profile", "--candidates", "zzz"],
+        ["user_profile", "--candidates", "m00", "m00"],
+        ["user_history", "--args", "{bad json"],
+        ["user_history", "--args", "[1, 2]"],
+    ):
+        assert main(["tool", *bad, *where]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("error: ") and err.count("\n") == 1
+    assert main(["tool", "nope", *where]) == 2
+    assert "Unknown tool 'nope'" in capsys.readouterr().err
+    assert main(["tool", "user_profile", "--dataset", str(tiny_benchmark.root), "--user", "nobody"]) == 2
+    assert "unknown user 'nobody'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -260,7 +260,9 @@ def cmd_tool(args: argparse.Namespace) -> int:
     try:
         tool_args = json.loads(args.args) if args.args else {}
     except json.JSONDecodeError as e:
-        raise ConfigError(f"--args {args.args!r}: not JSON ({e.msg} at character {e.pos})") from e
+        raise ConfigError(f"--args {args.args[:80]!r}: not JSON ({e.msg} at character {e.pos})") from e
+    except RecursionError as e:
+        raise ConfigError(f"--args {args.args[:80]!r}...: nested too deeply") from e
     if not isinstance(tool_args, dict):
         raise ConfigError(f"--args {args.args!r}: must be a JSON object of argument names to values")
     print(run_tool(args.dataset, args.user, args.name, tool_args, candidates=args.candidates))

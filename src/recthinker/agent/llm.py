@@ -27,10 +27,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import numbers
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 from recthinker.errors import ConfigError, RecThinkerError
 
@@ -46,6 +49,7 @@ __all__ = [
     "HFChat",
     "LLMServerError",
     "LlamaCpp",
+    "ModelLoadError",
     "OpenAICompatible",
     "bundled_model_path",
     "load_chat_model",
@@ -63,6 +67,15 @@ BUNDLED_HF_NAME = "smollm2-135m-instruct-hf"  # the transformers conversion adap
 
 class LLMServerError(RecThinkerError):
     """A chat back end failed (server unreachable after retries, HTTP 4xx, malformed response)."""
+
+
+class ModelLoadError(LLMServerError, ConfigError):
+    """A model passed the file checks, but its engine (llama.cpp, transformers) could not load it.
+
+    Raised at first use, since loading is lazy; the back end then keeps raising it without retrying.
+    A `ConfigError` (the model is the problem) and an `LLMServerError` (the back end cannot answer),
+    so a batch run counts it as a back-end failure and stops.
+    """
 
 
 class ContextOverflowError(LLMServerError):
@@ -289,29 +302,104 @@ def agent_settings(adapter_dir: Path) -> dict[str, Any]:
         settings = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from e
+    except (OSError, UnicodeDecodeError, RecursionError) as e:
+        raise ConfigError(f"{path}: cannot be read as JSON ({e})") from e
     if not isinstance(settings, dict):
         raise ConfigError(f"{path}: expected a JSON object of AgentConfig fields")
     return settings
 
 
-def _trained_on_bundled(adapter_dir: Path) -> bool:
-    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    return Path(str(config.get("base_model_name_or_path") or "")).name == BUNDLED_HF_NAME
+def _trained_on_bundled(adapter_config: dict[str, Any]) -> bool:
+    return Path(str(adapter_config.get("base_model_name_or_path") or "")).name == BUNDLED_HF_NAME
 
 
 def adapter_on_llamacpp(adapter_dir: Path, n_threads: int = 1) -> ChatModel:
     """An adapter of the bundled model, merged into its GGUF (cached), on llama.cpp, with its `agent.json`."""
+    from recthinker.agent.llm_hf import ADAPTER_CONFIG, check_adapter_weights, read_json_object
     from recthinker.agent.llm_llamacpp import LlamaCpp
     from recthinker.train.export import adapter_gguf
 
+    check_threads(n_threads)
+    what = f"adapter {str(adapter_dir)!r}"
+    read_json_object(Path(adapter_dir) / ADAPTER_CONFIG, what)
+    check_adapter_weights(Path(adapter_dir), what)
+    settings = agent_settings(adapter_dir)
     model = LlamaCpp(adapter_gguf(adapter_dir), n_threads=n_threads)
     model.name = f"smollm2-135m+{adapter_dir.name}"
-    model.agent_settings = agent_settings(adapter_dir)
+    model.agent_settings = settings
     return model
 
 
-def load_chat_model(spec: str | None, *, n_threads: int = 1) -> ChatModel:
+MAX_THREADS = 512  # llama.cpp's GGML_MAX_N_THREADS
+SPEC_FORMS = "'base', http(s)://host:port/v1#model-name, a .gguf file, or a model or LoRA adapter folder"
+
+
+def check_threads(n_threads: object) -> int:
+    """`n_threads` if it is a whole number of CPU threads llama.cpp can use (it aborts on 0)."""
+    if isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral):
+        raise ConfigError(f"threads must be a whole number from 1 to {MAX_THREADS}, got {n_threads!r}")
+    if not 1 <= n_threads <= MAX_THREADS:
+        raise ConfigError(
+            f"threads must be from 1 to {MAX_THREADS} (CPU threads of in-process llama.cpp), got {n_threads}"
+        )
+    return int(n_threads)
+
+
+def parse_server_url(spec: str) -> tuple[str, str]:
+    """(base URL, model name) of a server spec `http(s)://host[:port]/path[#model-name]` (model default "default").
+
+    >>> parse_server_url("http://127.0.0.1:8080/v1#qwen3-4b")
+    ('http://127.0.0.1:8080/v1', 'qwen3-4b')
+
+    Raises:
+        ConfigError: naming the spec and what is wrong (scheme, host, port, query, empty model name).
+    """
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"model server URL {spec!r}: {why}; expected http(s)://host:port/v1#model-name")
+
+    if any(c.isspace() or not c.isprintable() for c in spec):
+        raise bad("contains spaces or control characters")
+    url, hash_, model = spec.partition("#")
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:
+        raise bad(f"not a valid URL ({e})") from None
+    if parts.scheme not in ("http", "https"):
+        raise bad(f"scheme {parts.scheme or url.split(':')[0]!r} is not http or https")
+    host = parts.hostname or ""
+    if not host:
+        raise bad("no host name")
+    if not (re.fullmatch(r"[\w.-]+", host) or (":" in host and _is_ip(host))):
+        raise bad(f"host {host!r} is not a host name or IP address")
+    after_host = parts.netloc.rpartition("@")[2].rpartition("]")[2]  # "host:port", or ":port" after "[v6]"
+    if ":" in after_host:
+        port = after_host.partition(":")[2]
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise bad(f"port {port!r} is not a number from 1 to 65535")
+    if parts.query:
+        raise bad("has a query string ('?...'); put the model name after '#'")
+    if hash_ and not model:
+        raise bad("empty model name after '#' (drop the '#' for the server's default model)")
+    return url, model or "default"
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def load_chat_model(spec: str | os.PathLike | None, *, n_threads: int = 1) -> ChatModel:
     """Build a chat model from a short spec (`n_threads`: CPU threads of in-process llama.cpp models).
+
+    Every spec is checked before any native library or weights loader sees it: a bad spec, a missing,
+    empty, truncated or fake file, a folder that is no model, a malformed URL or a thread count that
+    means nothing is a one-line `ConfigError` naming the spec. (A server URL is not contacted here.)
 
     Args:
         spec: None for the default model (the committed trained adapter on the bundled SmolLM2 GGUF,
@@ -323,6 +411,10 @@ def load_chat_model(spec: str | None, *, n_threads: int = 1) -> ChatModel:
             llama.cpp. Another adapter directory loads its base model from `base_model_name_or_path`,
             which must be a local directory.
     """
+    try:
+        check_threads(n_threads)
+    except ConfigError as e:
+        raise ConfigError(f"model {'(default)' if spec is None else repr(spec)}: {e}") from None
     if spec is None or spec == "base":
         adapter = default_adapter_dir() if spec is None else None
         if adapter is not None:
@@ -330,36 +422,72 @@ def load_chat_model(spec: str | None, *, n_threads: int = 1) -> ChatModel:
         from recthinker.agent.llm_llamacpp import LlamaCpp
 
         return LlamaCpp(bundled_model_path(), n_threads=n_threads)
-    if spec.startswith(("http://", "https://")):
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"model spec {spec!r} is empty or not text: give {SPEC_FORMS}")
+    if spec.lower().startswith(("http:", "https:")) or "://" in spec:
         from recthinker.agent.llm_openai import OpenAICompatible
 
-        url, _, model = spec.partition("#")
-        return OpenAICompatible(url, model or "default")
+        url, model = parse_server_url(spec)
+        return OpenAICompatible(url, model)
     path = Path(spec).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise ConfigError(f"GGUF model file not found: {path}")
+    if path.is_file() or path.suffix.lower() == ".gguf":
         from recthinker.agent.llm_llamacpp import LlamaCpp
 
-        return LlamaCpp(path, n_threads=n_threads)
+        return LlamaCpp(path, n_threads=n_threads)  # checks the file's GGUF header first
     if path.is_dir():
-        from recthinker.agent.llm_hf import HFChat
+        return _folder_model(path, n_threads)
+    raise ConfigError(
+        f"model spec {spec!r} is not a URL, a .gguf file or a model directory: no such file or folder"
+    )
 
-        adapter_config = path / "adapter_config.json"
-        if not adapter_config.is_file():
-            return HFChat(path)
-        if _trained_on_bundled(path):
-            return adapter_on_llamacpp(path, n_threads)
-        base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
-        if not base or not Path(base).is_dir():
+
+def _folder_model(path: Path, n_threads: int) -> ChatModel:
+    """A transformers model folder or a PEFT LoRA adapter folder, checked before anything loads it."""
+    from recthinker.agent.llm_hf import (
+        ADAPTER_CONFIG,
+        HFChat,
+        check_adapter_weights,
+        check_model_dir,
+        read_json_object,
+    )
+
+    what = f"model folder {str(path)!r}"
+    if not (path / ADAPTER_CONFIG).is_file():
+        if not (path / "config.json").is_file():
+            try:
+                entries = sorted(p.name for p in path.iterdir())
+            except OSError as e:
+                raise ConfigError(f"{what} cannot be read ({e})") from e
+            if not entries:
+                raise ConfigError(f"{what} is empty: give {SPEC_FORMS}")
+            ggufs = [n for n in entries if n.lower().endswith(".gguf")]
+            hint = f"; it holds {ggufs[0]}: pass that file" if ggufs else ""
             raise ConfigError(
-                f"adapter {path}: base model {base!r} is not a local directory (no hub access); "
-                "build HFChat(model_dir, adapter_dir=...) yourself"
+                f"{what} is neither a Hugging Face model (no config.json) nor a LoRA adapter "
+                f"(no {ADAPTER_CONFIG}){hint}"
             )
-        chat = HFChat(Path(base), adapter_dir=path)
-        chat.agent_settings = agent_settings(path)
-        return chat
-    raise ConfigError(f"chat model spec {spec!r} is not a URL, a .gguf file or a model directory")
+        check_model_dir(path, what)
+        return HFChat(path)
+    what = f"adapter {str(path)!r}"
+    config = read_json_object(path / ADAPTER_CONFIG, what)
+    if _trained_on_bundled(config):
+        return adapter_on_llamacpp(path, n_threads)
+    base = config.get("base_model_name_or_path")
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{what}: {ADAPTER_CONFIG} names no base model (base_model_name_or_path)")
+    base_dir = Path(base).expanduser()
+    if not base_dir.is_dir():
+        raise ConfigError(
+            f"{what}: base model {base!r} is not a local directory (no hub access); "
+            "point base_model_name_or_path at the base model's folder"
+        )
+    check_adapter_weights(path, what)
+    check_model_dir(base_dir, f"{what}: base model {base!r}", tokenizer_dir=path)
+    chat = HFChat(base_dir, adapter_dir=path)
+    chat.agent_settings = agent_settings(path)
+    return chat
 
 
 _LAZY = {

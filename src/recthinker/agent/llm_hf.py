@@ -19,9 +19,106 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recthinker.agent.llm import ChatResult, parse_hermes_tool_calls
+from recthinker.agent.llm import ChatResult, ModelLoadError, parse_hermes_tool_calls
+from recthinker.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+MODEL_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in `path`; ConfigError naming `what` and the file when it is missing or not an object."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: {path.name} not found in {path.parent}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what}: {path} cannot be read ({e})") from e
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ConfigError(f"{what}: {path} is not valid JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what}: {path} must hold a JSON object, got {type(value).__name__}")
+    return value
+
+
+def check_safetensors(path: Path, what: str) -> None:
+    """Reject a `.safetensors` file that is empty, cut off or not safetensors, from its header alone.
+
+    The format: an 8-byte little-endian header length, a JSON header mapping tensor names to
+    `{dtype, shape, data_offsets: [begin, end]}` (offsets into the data after the header), the data.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            raw = f.read(n) if 8 + n <= size else b""
+    except OSError as e:
+        raise ConfigError(f"{what}: {path} cannot be read ({e})") from e
+    if size < 8 or 8 + n > size or not raw:
+        raise ConfigError(f"{what}: {path} is empty, truncated or not a safetensors file ({size} bytes)")
+    try:
+        header = json.loads(raw)
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
+        raise ConfigError(f"{what}: {path} is not a safetensors file (unreadable header)") from None
+    if 8 + n + max(ends, default=0) > size:
+        raise ConfigError(
+            f"{what}: {path} is truncated: its header declares {8 + n + max(ends)} bytes, the file has {size}"
+        )
+
+
+def _check_weights(folder: Path, names: tuple[str, ...], what: str) -> None:
+    """The first of `names` in `folder` exists and, for safetensors (single or sharded), is complete."""
+    found = next((folder / n for n in names if (folder / n).is_file()), None)
+    if found is None:
+        raise ConfigError(f"{what}: no weights in {folder} (expected one of {', '.join(names)})")
+    if found.name.endswith(".index.json"):
+        index = read_json_object(found, what)
+        shards = index.get("weight_map")
+        if not isinstance(shards, dict) or not shards:
+            raise ConfigError(f"{what}: {found} has no weight_map")
+        for shard in sorted(set(map(str, shards.values()))):
+            if not (folder / shard).is_file():
+                raise ConfigError(f"{what}: weight shard {shard} listed in {found.name} is missing")
+            if shard.endswith(".safetensors"):
+                check_safetensors(folder / shard, what)
+    elif found.suffix == ".safetensors":
+        check_safetensors(found, what)
+    elif found.stat().st_size == 0:
+        raise ConfigError(f"{what}: {found} is empty")
+
+
+def check_model_dir(model_dir: Path, what: str, tokenizer_dir: Path | None = None) -> None:
+    """Reject a folder transformers could not load as a causal LM: config, weights, tokenizer.
+
+    Args:
+        model_dir: The model folder.
+        what: How error messages name it, e.g. "model folder 'x'".
+        tokenizer_dir: Another folder that may hold the tokenizer (an adapter's).
+    """
+    config = read_json_object(model_dir / "config.json", what)
+    if not isinstance(config.get("model_type"), str):
+        raise ConfigError(
+            f"{what}: {model_dir / 'config.json'} has no model_type (not a transformers config)"
+        )
+    _check_weights(model_dir, MODEL_WEIGHTS, what)
+    folders = [d for d in (model_dir, tokenizer_dir) if d is not None]
+    if not any((d / n).is_file() for d in folders for n in TOKENIZER_FILES):
+        raise ConfigError(f"{what}: no tokenizer (none of {', '.join(TOKENIZER_FILES)}) in {model_dir}")
+
+
+def check_adapter_weights(adapter_dir: Path, what: str) -> None:
+    """Reject a PEFT adapter folder whose weights are missing, empty or cut off."""
+    _check_weights(adapter_dir, ADAPTER_WEIGHTS, what)
 
 
 class HFChat:
@@ -48,28 +145,44 @@ class HFChat:
         self._lock = threading.Lock()
         self._model: Any = None
         self._tokenizer: Any = None
+        self._load_error: ModelLoadError | None = None
 
     def __repr__(self) -> str:
         return f"HFChat({str(self.model_dir)!r}, adapter_dir={self.adapter_dir!r})"
 
     def _load(self) -> tuple[Any, Any]:
+        if self._load_error is not None:
+            raise self._load_error  # a folder transformers could not load is not tried again
         if self._model is None:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            start = time.perf_counter()
-            tok_dir = self.model_dir
-            if self.adapter_dir is not None and (self.adapter_dir / "tokenizer_config.json").is_file():
-                tok_dir = self.adapter_dir
-            tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype)
-            if self.adapter_dir is not None:
-                from peft import PeftModel
-
-                model = PeftModel.from_pretrained(model, self.adapter_dir)
-            self._model = model.to(self.device).eval()
-            self._tokenizer = tokenizer
-            log.info("loaded %s on %s in %.1fs", self.name, self.device, time.perf_counter() - start)
+            try:
+                self._load_now()
+            except Exception as e:
+                # The folder passed `check_model_dir`; what transformers, tokenizers or PEFT still reject
+                # in it (a config, tokenizer or weights they cannot read) is a problem with the folder.
+                where = f"{self.model_dir}" + (f" + adapter {self.adapter_dir}" if self.adapter_dir else "")
+                first = (str(e).strip().splitlines() or [""])[0][:300]
+                self._load_error = ModelLoadError(
+                    f"model folder {where}: transformers could not load it: {type(e).__name__}: {first}"
+                )
+                raise self._load_error from e
         return self._model, self._tokenizer
+
+    def _load_now(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        start = time.perf_counter()
+        tok_dir = self.model_dir
+        if self.adapter_dir is not None and (self.adapter_dir / "tokenizer_config.json").is_file():
+            tok_dir = self.adapter_dir
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype)
+        if self.adapter_dir is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, self.adapter_dir)
+        self._model = model.to(self.device).eval()
+        self._tokenizer = tokenizer
+        log.info("loaded %s on %s in %.1fs", self.name, self.device, time.perf_counter() - start)
 
     def _prompt_ids(
         self, tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict] | None

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from recthinker.data.benchmark import Benchmark, ensure_benchmark
-from recthinker.errors import DataError
+from recthinker.errors import ConfigError, DataError, RecThinkerError
 from recthinker.eval.metrics import ndcg_at_k, target_rank
-from recthinker.tools.env import RecEnv
+from recthinker.tools.env import Observation, RecEnv
 from recthinker.tools.resources import CF_MODELS, Resources, load_resources
 from recthinker.types import Episode
 
@@ -38,29 +38,78 @@ def _user_episode(bench: Benchmark, user_id: str) -> tuple[str, Episode | None]:
     return (sets[-1] if sets else next(iter(bench.manifest["episodes"]))), None
 
 
-def run_tool(dataset: str, user_id: str, name: str, args: dict, candidates: list[str] | None = None) -> str:
-    """The text tool `name` returns for `user_id` with `args` (an error observation explains a bad call).
+class ToolError(RecThinkerError):
+    """`recthinker tool` got an error observation (unknown tool, bad arguments, unknown item): exit 2.
+
+    The message is the observation text, which says how to fix the call.
+    """
+
+    def __init__(self, observation: Observation) -> None:
+        super().__init__(" ".join(observation.text.split()))
+        self.observation = observation
+
+
+def parse_tool_args(args: dict | str | None) -> dict:
+    """Tool arguments from a dict or its JSON text (`--args`); ConfigError when the text is not JSON."""
+    if args is None or (isinstance(args, str) and not args.strip()):
+        return {}
+    if isinstance(args, dict):
+        return args
+    if not isinstance(args, str):
+        raise ConfigError(f'tool arguments must be a JSON object like {{"k": 5}}, got {args!r}')
+    try:
+        value = json.loads(args)
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            f"tool arguments {args!r} are not valid JSON ({e.msg} at column {e.colno})"
+        ) from None
+    except RecursionError:
+        raise ConfigError("tool arguments are nested too deeply") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f'tool arguments must be a JSON object like {{"k": 5}}, got {args!r}')
+    return value
+
+
+def run_tool(
+    dataset: str,
+    user_id: str,
+    name: str,
+    args: dict | str | None = None,
+    candidates: list[str] | None = None,
+) -> str:
+    """The text tool `name` returns for `user_id` with `args` (a dict or its JSON text).
 
     Without `candidates`, the candidates of the user's test episode (dense, sparse, then leave-one-out)
-    are used.
+    are used; given ones are checked as `recommend` checks them (known, distinct item ids).
 
     Raises:
-        DataError: no candidates given and the user has no test episode.
+        ToolError: the tool answered with an error observation (unknown tool, bad arguments, unknown item).
+        ConfigError: `args` is not a JSON object.
+        DataError: an unknown user, an empty, unknown or repeated candidate id, or no candidates given
+            for a user without a test episode.
     """
+    from recthinker.agent.recommend import make_episode
+
+    arguments = parse_tool_args(args)
     bench = ensure_benchmark(dataset)
     episode_set, episode = _user_episode(bench, user_id)
+    resources = load_resources(bench, episode_set)
+    if episode is None and not resources.log.sequence(user_id):
+        raise DataError(f"unknown user {user_id!r}: not in the {resources.name or dataset} dataset")
     if candidates is None:
         if episode is None:
             raise DataError(f"user {user_id!r} has no test episode in {bench.root}: pass the candidates")
-        candidates = list(episode.candidates)
-    env = RecEnv(load_resources(bench, episode_set))
-    env.reset(
-        episode_id=episode.episode_id if episode else f"cli/{user_id}",
-        user_id=user_id,
-        candidates=list(candidates),
-        history=list(episode.history) if episode else [],
-    )
-    return env.call(name, args).text
+    else:
+        if not candidates:
+            raise DataError("no candidate ids given: pass at least one, or leave out --candidates")
+        history = list(episode.history) if episode else None
+        episode, _ = make_episode(resources, user_id, history, candidates)  # known, distinct item ids
+    env = RecEnv(resources)
+    env.reset_episode(episode)
+    observation = env.call(name, arguments)
+    if not observation.ok:
+        raise ToolError(observation)
+    return observation.text
 
 
 # ---- benchmark --------------------------------------------------------------------------------------------
