@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import NoReturn
 
@@ -57,7 +59,7 @@ def out_folder(path: str) -> Path:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from recthinker.data.benchmark import BenchmarkConfig, build
+    from recthinker.data.benchmark import BenchmarkConfig, build, check_out
     from recthinker.data.dataset import load_dataset
 
     cfg = BenchmarkConfig(
@@ -71,7 +73,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         subsets=not args.no_subsets,
         loo=not args.no_loo,
     )
-    manifest = build(load_dataset(args.dataset), Path(args.out), cfg)
+    out = check_out(args.out)  # before the dataset is parsed: a bad --out fails at once
+    manifest = build(load_dataset(args.dataset), out, cfg)
     print(f"wrote {args.out}/manifest.json")
     for name, n in manifest["counts"]["episodes"].items():
         print(f"  {name:<16} {n:>6} episodes  {manifest['episodes'][name]}")
@@ -80,7 +83,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def _resolve_episodes(args: argparse.Namespace, set_name: str):
     """(benchmark, episode-set name, episodes) from --episodes FILE or --dataset + one --set."""
-    from recthinker.data.benchmark import Benchmark, ensure_benchmark, find_manifest, read_episodes
+    from recthinker.data.benchmark import (
+        REPREPARE,
+        Benchmark,
+        ensure_benchmark,
+        find_manifest,
+        read_episodes,
+    )
 
     if args.episodes:
         if not Path(args.episodes).is_file():
@@ -92,7 +101,7 @@ def _resolve_episodes(args: argparse.Namespace, set_name: str):
             )
         bench = Benchmark.open(manifest.parent)
         name = bench.name_of(args.episodes)
-        episodes = read_episodes(args.episodes)
+        episodes = read_episodes(args.episodes, hint=REPREPARE)
     else:
         bench = ensure_benchmark(args.dataset)
         name = set_name
@@ -456,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
+    # `kill` (SIGTERM) takes the same way out as Ctrl-C: writers clean up, finished rows stay, one line.
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return int(args.func(args) or 0)
     except RecThinkerError as e:

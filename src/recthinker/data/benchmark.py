@@ -26,13 +26,23 @@ Selection algorithm (documented in the README; every step is deterministic given
    world); leave-one-out always uses the full background.
 6. An episode's `history` lists the user's most recent `history_cap` (50) background items; tools and
    baselines see the full background.
+
+Writing and reading: `build` writes into a hidden temporary sibling folder and swaps it in by rename, so an
+output folder holds one complete benchmark or its previous one, never a mix. `ensure_benchmark` keys its
+cache by the inputs' content and the config and checks the manifest's recorded hashes on every load.
+`Benchmark.open` checks the manifest and the files it lists; every problem is a DataError that names the
+file (and line) and says to re-run `recthinker prepare`.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import logging
 import os
+import secrets
+import shutil
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -42,7 +52,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recthinker.data.dataset import Dataset, sha256_file
+from recthinker.data.dataset import Dataset, cache_dir, dataset_files, load_dataset, sha256_file
 from recthinker.data.log import InteractionLog
 from recthinker.errors import ConfigError, DataError
 from recthinker.types import Episode
@@ -51,6 +61,7 @@ log = logging.getLogger(__name__)
 
 SPLIT_CODE = {"valid": 1, "test": 2, "train": 3}
 MAX_NEGATIVES = 99
+REPREPARE = "re-run `recthinker prepare` to rebuild the benchmark"
 
 
 @dataclass
@@ -203,11 +214,140 @@ def _negatives_for(
 
 
 def build(ds: Dataset, out: Path, cfg: BenchmarkConfig) -> dict:
-    """Write episodes, background, catalog and manifest for `ds` into `out`; returns the manifest."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if ds.splits is not None:
-        return _build_presplit(ds, out, cfg)
+    """Write episodes, background, catalog and manifest for `ds` into `out`; returns the manifest.
+
+    Atomic: everything is written into a hidden sibling folder (`.OUT.prepare-PID-XXXX`) that then replaces
+    `out` by rename, so `out` keeps its old benchmark, byte for byte, until the new one is complete. A failed
+    or interrupted build removes its temporary folder and any parent folder it created; one killed outright
+    leaves a hidden folder that the next build next to it removes. `out` may be missing, empty, or a
+    prepared benchmark (a folder with manifest.json: replaced whole, with the caches other commands keep
+    in it, which describe the old episodes); a file or any other folder is a DataError.
+    """
+    out = check_out(out)
+    created = _make_parents(out)
+    _clean_stale(out)
+    tmp = out.parent / f".{out.name}.prepare-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        try:
+            tmp.mkdir()
+        except OSError as e:
+            raise DataError(f"{out}: cannot write into {out.parent}: {e.strerror or e}") from e
+        manifest = _build_presplit(ds, tmp, cfg) if ds.splits is not None else _build_full(ds, tmp, cfg)
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in reversed(created):  # deepest first; stops at one that is not empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    log.info("wrote %d episode files to %s", len(manifest["episodes"]), out)
+    return manifest
+
+
+def check_out(out: str | Path) -> Path:
+    """The absolute output folder of `build`, checked before any work: it must be missing (and creatable),
+    an empty folder or a prepared benchmark. Raises DataError otherwise."""
+    out = Path(os.path.abspath(out))
+    if out.is_symlink():
+        out = out.resolve()
+    if not out.exists():
+        existing = next((p for p in out.parents if p.exists()), Path(out.anchor))
+        if not existing.is_dir():
+            raise DataError(f"cannot create {out}: {existing} is a file")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise DataError(f"cannot create {out}: {existing} is not writable")
+        return out
+    if not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; choose another output folder")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise DataError(f"cannot replace {out}: {out.parent} is not writable")
+    if (out / "manifest.json").exists() or not any(out.iterdir()):
+        return out
+    # A folder a killed older prepare left (episodes and Parquet files, no manifest) is replaceable too.
+    other = next((p for p in out.rglob("*") if p.is_file() and not _benchmark_file(p.name)), None)
+    if other is not None:
+        raise DataError(
+            f"{out}: not empty and not a prepared benchmark (no manifest.json; it holds {other.name}); "
+            "choose a new or empty folder"
+        )
+    return out
+
+
+def _benchmark_file(name: str) -> bool:
+    return name.endswith((".jsonl", ".parquet")) or ".tmp" in name
+
+
+def _make_parents(out: Path) -> list[Path]:
+    """Create `out`'s missing parent folders; returns those created, outermost first."""
+    created = []
+    for folder in [p for p in reversed(out.parents) if not p.exists()]:
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue  # created meanwhile by someone else
+        except OSError as e:
+            for done in reversed(created):
+                done.rmdir()
+            raise DataError(f"cannot create {out}: {e.strerror or e}") from e
+        created.append(folder)
+    return created
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Replace `out` by the complete folder `tmp` (two renames; the old folder is kept until the second)."""
+    try:
+        if not out.exists():
+            os.rename(tmp, out)
+            return
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+        os.rename(out, old)
+        try:
+            os.rename(tmp, out)
+        except BaseException:
+            os.rename(old, out)
+            raise
+    except OSError as e:
+        raise DataError(f"cannot replace {out}: {e.strerror or e}") from e
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _clean_stale(out: Path) -> None:
+    """Remove what a killed build next to `out` left: its temporary folder, or the old folder it had moved
+    aside (put back when `out` is missing)."""
+    for p in out.parent.iterdir():
+        for kind in ("prepare", "old"):
+            prefix = f".{out.name}.{kind}-"
+            if not p.name.startswith(prefix):
+                continue
+            pid = p.name[len(prefix) :].partition("-")[0]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            if kind == "old" and not out.exists():
+                log.warning("restoring %s, which an interrupted build had moved to %s", out, p)
+                try:
+                    os.rename(p, out)
+                except OSError as e:
+                    raise DataError(f"cannot restore {out} from {p}: {e.strerror or e}") from e
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _build_full(ds: Dataset, out: Path, cfg: BenchmarkConfig) -> dict:
+    """Leave-one-out and dense/sparse episodes of a single interaction log (see the module docstring)."""
     frame = ds.log.frame
     seqs = frame.groupby("user_id", sort=True)["item_id"].agg(list)
     items = np.array(sorted(ds.log.items.ids.tolist()), dtype=object)
@@ -330,48 +470,35 @@ def _build_presplit(ds: Dataset, out: Path, cfg: BenchmarkConfig) -> dict:
     return _write(ds, out, cfg, episodes, {"full": ds.log}, dict.fromkeys(episodes, "full"))
 
 
-def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
+def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def _write_atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _write(ds, out, cfg, episodes, backgrounds, bg_of) -> dict:
+    """Write every file of the benchmark into `out` (a fresh temporary folder: see `build`)."""
     files: dict[str, Path] = {}
     for name, eps in episodes.items():
         path = out / f"{name}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl_atomic(path, (e.to_dict() for e in eps))
+        _write_jsonl(path, (e.to_dict() for e in eps))
         files[f"episodes/{name}"] = path
     bg_paths: dict[str, str] = {}
     for key, bg in backgrounds.items():
         path = out / ("background.parquet" if key == "full" else f"{key}/background.parquet")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        bg.frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        bg.frame.to_parquet(path, index=False)
         bg_paths[key] = str(path.relative_to(out))
         files[f"background/{key}"] = path
-    items = ds.items.copy()
-    tmp = out / "items.parquet.tmp"
-    items.to_parquet(tmp)
-    os.replace(tmp, out / "items.parquet")
+    ds.items.to_parquet(out / "items.parquet")
     files["items"] = out / "items.parquet"
     if ds.users is not None:
-        ds.users.astype(str).to_parquet(out / "users.parquet.tmp")
-        os.replace(out / "users.parquet.tmp", out / "users.parquet")
+        ds.users.astype(str).to_parquet(out / "users.parquet")
         files["users"] = out / "users.parquet"
     manifest = {
         "dataset": ds.name,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
+        "config": _config_dict(cfg),
         "episodes": {name: f"{name}.jsonl" for name in episodes},
         "background": {name: bg_paths[bg_of[name]] for name in episodes},
         "items": "items.parquet",
@@ -387,35 +514,93 @@ def _write(ds, out, cfg, episodes, backgrounds, bg_of) -> dict:
             "outputs": {str(p.relative_to(out)): sha256_file(p) for p in files.values()},
         },
     }
-    _write_atomic_text(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    log.info("wrote %d episode files to %s", len(episodes), out)
+    (out / "manifest.json").write_text(
+        json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     return manifest
 
 
-def read_episodes(path: str | Path) -> list[Episode]:
-    """Episodes from a JSONL file; a bad line is a DataError naming the file and line."""
+def _config_dict(cfg: BenchmarkConfig) -> dict:
+    """The config as the manifest records it (JSON types: tuples become lists)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()}
+
+
+def read_episodes(path: str | Path, hint: str = "") -> list[Episode]:
+    """Episodes from a JSONL file; a bad line is a DataError naming the file and line.
+
+    Args:
+        path: The JSONL file.
+        hint: Appended to error messages (e.g. `REPREPARE` for a prepared benchmark's files).
+    """
     path = Path(path)
+    tail = f"; {hint}" if hint else ""
     if not path.is_file():
-        raise DataError(f"{path}: no such episodes file")
+        raise DataError(f"{path}: {'is a folder, not an episodes file' if path.is_dir() else 'no such file'}")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: bad episode: not valid UTF-8{tail}") from e
             if not line.strip():
                 continue
             try:
-                out.append(Episode.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise DataError(f"{path}:{lineno}: bad episode: {e}") from e
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+                for key in ("history", "candidates"):
+                    if not isinstance(row.get(key), list):
+                        raise ValueError(f"{key!r} must be a list")
+                out.append(Episode.from_dict(row))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: bad episode: not JSON ({e.msg}){tail}") from e
+            except KeyError as e:
+                raise DataError(f"{path}:{lineno}: bad episode: missing key {e}{tail}") from e
+            except (TypeError, ValueError) as e:
+                raise DataError(f"{path}:{lineno}: bad episode: {e}{tail}") from e
     return out
 
 
 def find_manifest(episodes_path: str | Path) -> Path | None:
-    """The manifest.json of the benchmark an episodes file belongs to (its folder or a parent)."""
-    p = Path(episodes_path).resolve().parent
+    """The manifest.json of the benchmark an episodes file belongs to (its folder or a parent).
+
+    Raises:
+        DataError: the episodes file does not exist.
+    """
+    path = Path(episodes_path)
+    if not path.is_file():
+        raise DataError(f"{path}: {'is a folder, not an episodes file' if path.is_dir() else 'no such file'}")
+    p = path.resolve().parent
     for folder in (p, *p.parents[:2]):
         if (folder / "manifest.json").is_file():
             return folder / "manifest.json"
     return None
+
+
+def read_manifest(path: Path) -> dict:
+    """A benchmark's manifest.json, checked for the keys `Benchmark` uses."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: corrupt manifest ({e.msg}); {REPREPARE}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the manifest ({e}); {REPREPARE}") from e
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path}: corrupt manifest (not a JSON object); {REPREPARE}")
+    for key, kind in (("episodes", dict), ("background", dict), ("items", str)):
+        if not isinstance(manifest.get(key), kind):
+            raise DataError(f"{path}: corrupt manifest (no valid {key!r} entry); {REPREPARE}")
+    return manifest
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; {REPREPARE}") from None
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"{path}: unreadable Parquet ({e}); {REPREPARE}") from e
 
 
 @dataclass(frozen=True, eq=False)
@@ -429,59 +614,144 @@ class Benchmark:
 
     @classmethod
     def open(cls, root: str | Path) -> Benchmark:
+        """Open a prepared folder; a corrupt manifest or a missing file it lists is a DataError."""
         root = Path(root)
         path = root / "manifest.json"
         if not path.is_file():
             raise DataError(f"{root}: no manifest.json (run `recthinker prepare` first)")
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        items = pd.read_parquet(root / manifest["items"])
+        manifest = read_manifest(path)
+        listed = [manifest["items"], *manifest["episodes"].values(), *manifest["background"].values()]
+        listed += [manifest["users"]] if manifest.get("users") else []
+        for rel in dict.fromkeys(listed):
+            if not isinstance(rel, str) or not (root / rel).is_file():
+                raise DataError(f"{root / str(rel)}: missing (listed in {path}); {REPREPARE}")
+        items = _read_parquet(root / manifest["items"])
+        if "categories" not in items.columns:
+            raise DataError(f"{root / manifest['items']}: no 'categories' column; {REPREPARE}")
         items["categories"] = [list(c) for c in items["categories"]]
-        users = pd.read_parquet(root / manifest["users"]) if manifest.get("users") else None
+        users = _read_parquet(root / manifest["users"]) if manifest.get("users") else None
         return cls(root=root, manifest=manifest, items=items, users=users)
 
     def episodes(self, name: str) -> list[Episode]:
         if name not in self.manifest["episodes"]:
             raise DataError(f"{self.root}: no episode set {name!r}; have {sorted(self.manifest['episodes'])}")
-        return read_episodes(self.root / self.manifest["episodes"][name])
+        return read_episodes(self.root / self.manifest["episodes"][name], hint=REPREPARE)
 
     def background(self, name: str) -> InteractionLog:
         """The background log that episode set `name` may learn from."""
-        rel = self.manifest["background"][name]
-        return _read_background(self.root / rel)
+        if name not in self.manifest["background"]:
+            raise DataError(f"{self.root}: no background for episode set {name!r}; {REPREPARE}")
+        return _read_background(self.root / self.manifest["background"][name])
 
     def name_of(self, episodes_path: str | Path) -> str:
-        rel = Path(episodes_path).resolve().relative_to(self.root.resolve()).as_posix()
+        try:
+            rel = Path(episodes_path).resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            rel = None
         for name, p in self.manifest["episodes"].items():
             if p == rel:
                 return name
         raise DataError(f"{episodes_path} is not listed in {self.root / 'manifest.json'}")
 
 
-_BG_CACHE: dict[tuple[str, float], InteractionLog] = {}
+_BG_CACHE: dict[tuple, InteractionLog] = {}
 
 
 def _read_background(path: Path) -> InteractionLog:
-    key = (str(path.resolve()), path.stat().st_mtime)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; {REPREPARE}") from None
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, st.st_ino)
     if key not in _BG_CACHE:
-        _BG_CACHE[key] = InteractionLog.read_parquet(path, name=path.parent.name)
+        frame = _read_parquet(path)
+        try:
+            _BG_CACHE[key] = InteractionLog(frame, name=path.parent.name)
+        except (DataError, ValueError, TypeError) as e:
+            raise DataError(f"{path}: not a background table ({e}); {REPREPARE}") from e
     return _BG_CACHE[key]
 
 
 def ensure_benchmark(
     dataset: str | Path, out: str | Path | None = None, cfg: BenchmarkConfig | None = None
 ) -> Benchmark:
-    """Open the prepared benchmark of `dataset`, building it first when missing.
+    """Open the prepared benchmark of `dataset`, building it first when missing or stale.
 
     `dataset` is a bundled name (`ml-1m`), a folder of atomic files, or an already prepared benchmark folder
-    (one holding manifest.json). Without `out`, bundled datasets go to `cache_dir()/benchmarks/<name>-seed<seed>`.
+    (one holding manifest.json). Without `out`, the benchmark lives in
+    `cache_dir()/benchmarks/<name>-seed<seed>-<key>`, where the key hashes the inputs' content (sha256 of
+    every file read) and the config: a different folder with the same name, or edited files, get their own
+    benchmark. Every call checks the manifest's recorded input hashes and config against the current ones
+    and rebuilds on a mismatch, with one INFO line saying why.
     """
-    from recthinker.data.dataset import cache_dir, load_dataset
-
     if (Path(dataset) / "manifest.json").is_file():
         return Benchmark.open(dataset)
     cfg = cfg or BenchmarkConfig()
-    root = Path(out) if out else cache_dir() / "benchmarks" / f"{Path(str(dataset)).name}-seed{cfg.seed}"
-    if not (root / "manifest.json").is_file():
-        log.info("preparing benchmark %s in %s", dataset, root)
-        build(load_dataset(dataset), root, cfg)
+    files = dataset_files(dataset)
+    inputs = files.hashes()
+    config = _config_dict(cfg)
+    if out:
+        root = Path(out)
+    else:
+        blob = json.dumps({"inputs": files.content_key(), "config": config}, sort_keys=True)
+        key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        root = cache_dir() / "benchmarks" / f"{files.name}-seed{cfg.seed}-{key}"
+    legacy = root.parent / f"{files.name}-seed{cfg.seed}"  # the name-keyed cache folder of older versions
+    if (
+        not out
+        and not root.exists()
+        and (legacy / "manifest.json").is_file()
+        and not _stale(legacy, inputs, config)
+    ):
+        log.info("adopting %s (same inputs and config) as %s", legacy, root)
+        os.rename(legacy, root)
+    if (root / "manifest.json").is_file():
+        reason = _stale(root, inputs, config)
+    else:
+        reason = "not prepared yet" if out else _new_reason(root, inputs)
+    if reason is None:
+        try:
+            return Benchmark.open(root)
+        except DataError as e:
+            reason = f"it is damaged ({e})"
+    log.info("preparing benchmark %s in %s: %s", dataset, root, reason)
+    build(load_dataset(dataset), root, cfg)
     return Benchmark.open(root)
+
+
+def _stale(root: Path, inputs: dict[str, str], config: dict) -> str | None:
+    """Why the benchmark in `root` does not match these inputs and config (None when it does)."""
+    try:
+        manifest = read_manifest(root / "manifest.json")
+    except DataError as e:
+        return f"its manifest is unreadable ({e})"
+    changed = _changed(manifest.get("sha256", {}).get("inputs", {}), inputs)
+    if changed:
+        return f"the inputs changed since it was built ({', '.join(changed)})"
+    if manifest.get("config") != config:
+        return "it was built with another config"
+    return None
+
+
+def _new_reason(root: Path, inputs: dict[str, str]) -> str:
+    """Why a cache folder is new: nothing cached yet, or the cached benchmarks of this name and seed were
+    built from other inputs (an edited folder, or another folder with the same name)."""
+    prefix = root.name.rpartition("-")[0] + "-"
+    others = sorted(root.parent.glob(f"{glob.escape(prefix)}*/manifest.json")) if root.parent.is_dir() else []
+    for other in others:
+        try:
+            recorded = read_manifest(other).get("sha256", {}).get("inputs", {})
+        except DataError:
+            continue
+        changed = _changed(recorded, inputs)
+        if changed:
+            return f"the inputs differ from those of the cached {other.parent.name} ({', '.join(changed)})"
+    return "not prepared yet"
+
+
+def _changed(recorded: dict, current: dict[str, str]) -> list[str]:
+    """Input file names whose sha256 differs, that appeared, or that disappeared."""
+    if not isinstance(recorded, dict):
+        return ["(no input hashes recorded)"]
+    names = sorted(set(recorded) | set(current))
+    return [n for n in names if recorded.get(n) != current.get(n)]
