@@ -62,11 +62,15 @@ def main(argv: list[str]) -> int:
         if version is None:
             problems.append(f"{req.name} is a dependency but has no pin in requirements.lock")
         elif not req.specifier.contains(version, prereleases=True):
-            problems.append(f"requirements.lock pins {req.name}=={version}, outside pyproject's {req.specifier}")
+            problems.append(
+                f"requirements.lock pins {req.name}=={version}, outside pyproject's {req.specifier}"
+            )
     for p in problems:
         print(f"lock check: {p}", file=sys.stderr)
     if problems:
-        print("lock check: refresh it with `bash scripts/lock.sh`, run the tests, commit both", file=sys.stderr)
+        print(
+            "lock check: refresh it with `bash scripts/lock.sh`, run the tests, commit both", file=sys.stderr
+        )
         return 1
     print(f"lock check: requirements.lock agrees with pyproject.toml ({len(pins)} pins)")
     return 0

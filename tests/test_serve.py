@@ -121,6 +121,8 @@ def test_health_and_openapi(client):
     h = client.get("/healthz").json()
     assert h == {
         "status": "ok",
+        "ready": True,
+        "reason": "",
         "dataset": "tiny",
         "model": "scripted-serve",
         "busy": 0,

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 60.0
+PROBE_TIMEOUT_S = 2.0  # `probe`: one GET, no retries
+PROBE_MAX_AGE_S = 5.0  # `probe`: how long its answer is reused
 
 
 class OpenAICompatible:
@@ -70,13 +72,38 @@ class OpenAICompatible:
         limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
         self._client = httpx.Client(headers=headers, timeout=timeout_s, limits=limits, transport=transport)
         self._slots = threading.BoundedSemaphore(max_concurrency)
+        # A client of its own, so that a probe never waits behind generations for a pooled connection.
+        self._probe_client = httpx.Client(headers=headers, timeout=PROBE_TIMEOUT_S, transport=transport)
+        self._probe_lock = threading.Lock()
+        self._probed: tuple[float, str | None] | None = None  # (monotonic time, problem) of the last probe
 
     def __repr__(self) -> str:
         return f"OpenAICompatible({self.base_url!r}, {self.name!r})"
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools."""
         self._client.close()
+        self._probe_client.close()
+
+    def probe(self) -> str | None:
+        """Why the server cannot be used now, or None when it answers (for a server's `/healthz`).
+
+        One `GET {base_url}/models` (2 s timeout, no retries), its answer reused for 5 s. Unreachable, a
+        timeout, a 5xx, 401 or 403 is a problem; any other answer means the server is up.
+        """
+        with self._probe_lock:
+            if self._probed is not None and time.monotonic() - self._probed[0] < PROBE_MAX_AGE_S:
+                return self._probed[1]
+            url = self.base_url + "/models"
+            try:
+                response = self._probe_client.get(url)
+            except httpx.HTTPError as e:
+                problem: str | None = f"{url}: {type(e).__name__}: {e}"
+            else:
+                bad = response.status_code >= 500 or response.status_code in (401, 403)
+                problem = f"{url}: HTTP {response.status_code}" if bad else None
+            self._probed = (time.monotonic(), problem)
+            return problem
 
     def generate(
         self,

@@ -7,12 +7,16 @@
 
 Endpoints: `POST /v1/recommend` (JSON result), `POST /v1/recommend/stream` (the same run as Server-Sent
 Events: `start`, then per turn `turn` / `tool_call` / `tool_result`, then `answer`, `done` or `error`),
-`GET /v1/sample-users`, `GET /healthz`, the page at `/` and FastAPI's `/openapi.json` and `/docs`.
+`GET /v1/sample-users`, `GET /healthz`, the page at `/`, FastAPI's `/openapi.json`, and `/docs` / `/redoc`
+whose Swagger UI and ReDoc scripts come from the `fastapi-offline` package (no CDN: they work offline).
 
 Each request runs the agent in a worker thread. At most `max_concurrency` run at once: a request beyond that
 is refused at once with 503 and `Retry-After` (no queue to wait in). A request that runs past `timeout_s`
-gets 504 (or an `error` event) and its agent stops at the next model call. The model, the dataset and the
-limits are fixed when the server starts; a request carries only ids and counts.
+gets 504 (or an `error` event), and one whose client disconnects is cancelled: either way its agent stops
+before its next model call, which frees its slot. A body over `max_body_bytes` gets 413 before it is read.
+When the model back end cannot be reached (`/healthz` says `unavailable`, HTTP 503), a request gets 503 at
+once, and a run whose model call fails gets 502. The model, the dataset and the limits are fixed when the
+server starts; a request carries only ids and counts.
 """
 
 from __future__ import annotations
@@ -31,11 +35,14 @@ from typing import Any
 
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recthinker.agent.llm import ChatModel
+from recthinker.agent.llm import ChatModel, LLMServerError
 from recthinker.agent.loop import AgentConfig, RecThinker
 from recthinker.agent.prompting import render_item
 from recthinker.agent.recommend import make_episode, propose_candidates, run_recommend
@@ -58,6 +65,13 @@ STATIC = Path(__file__).parent / "static"
 ANONYMOUS = "anonymous"  # user id of a request that gives only a history
 DEFAULT_PROPOSE = 10  # proposed candidates when a request gives neither `candidates` nor `propose`
 N_HISTORY_SHOWN = 10  # history items whose titles the response carries
+MAX_BODY_BYTES = 1 << 20  # default request-body limit; the largest valid request is about 50 KB
+CLIENT_GONE = 499  # status of a run whose client disconnected (nginx's "client closed request"; never sent)
+# What a page of this server may load: only from this server (the inline parts are Swagger UI's set-up).
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; worker-src 'self' blob:"
+)
 
 
 class ApiError(Exception):
@@ -70,6 +84,99 @@ class ApiError(Exception):
 
 class Cancelled(Exception):
     """The request timed out or its client went away: the agent stops before its next model call."""
+
+
+class _BodyTooLarge(Exception):
+    """Raised by `BodyLimit`'s `receive` when a streamed body passes the limit."""
+
+
+class BodyLimit:
+    """Pure ASGI middleware: a request body over `max_bytes` gets 413 (JSON) without being read.
+
+    A declared `Content-Length` over the limit is refused before the app runs; a body without one (chunked)
+    is counted as the app reads it, and the read stops at the first message past the limit. Either way the
+    413 says `Connection: close`, so the server reads nothing more of that request.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._refuse(
+                send, f"request body of {declared} bytes is over the limit of {self.max_bytes} bytes"
+            )
+            return
+        received, over, started = 0, False, False
+
+        async def limited_receive() -> Message:
+            nonlocal received, over
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    over = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if over and not started:
+                return  # the app's answer to the failed read (FastAPI makes it a 400): replaced by the 413
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except _BodyTooLarge:
+            if started:
+                raise
+        if over and not started:
+            await self._refuse(send, f"request body is over the limit of {self.max_bytes} bytes")
+
+    @staticmethod
+    async def _refuse(send: Send, message: str) -> None:
+        body = json.dumps(ErrorBody(error=message).model_dump()).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class SameOriginPages:
+    """Pure ASGI middleware: every HTML page gets `PAGE_CSP`, so the browser fetches nothing from another
+    host (ReDoc's footer links a logo on its CDN: the browser does not load it, ReDoc leaves it out)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_csp(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                if any(k == b"content-type" and v.startswith(b"text/html") for k, v in headers):
+                    headers.append((b"content-security-policy", PAGE_CSP.encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_csp if scope["type"] == "http" else send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the server refuses a malformed length itself
+    return None
 
 
 class _CancellableModel:
@@ -284,6 +391,9 @@ class Service:
             last = ("done", RecommendResponse(**result).model_dump())
         except Cancelled:
             log.info("run for user %s cancelled (timeout or client gone)", episode.user_id)
+        except LLMServerError as e:  # the back end, not us: 502 with its reason
+            log.warning("model back end failed for user %s: %s", episode.user_id, e)
+            last = ("error", {"status": 502, "error": f"model back end failed: {e}"})
         except Exception as e:  # noqa: BLE001 -- request boundary: log our bug, answer 500, keep serving
             log.exception("agent run failed for user %s", episode.user_id)
             last = ("error", {"status": 500, "error": f"internal error: {type(e).__name__}"})
@@ -291,6 +401,15 @@ class Service:
             self.release()  # before the last event, so a client that got its answer finds the slot free
         if last is not None:
             job.emit(*last)
+
+    async def backend_problem(self) -> str | None:
+        """Why the model back end cannot be used now (None: it can); in-process models always can.
+
+        Asks the model's `probe()` when it has one (`OpenAICompatible`: a cached `GET /models`)."""
+        probe = getattr(self.model, "probe", None)
+        if probe is None:
+            return None
+        return await asyncio.get_running_loop().run_in_executor(None, probe)
 
     async def events(self, job: _Job) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """The job's events until `done` or `error`; a 504 `error` when the deadline passes first."""
@@ -344,6 +463,7 @@ def create_app(
     timeout_s: float = 300.0,
     retry_after_s: int = 10,
     model_slots: int = 1,
+    max_body_bytes: int = MAX_BODY_BYTES,
     sample_users: Sequence[str] | None = None,
     dataset: str = "",
     seed: int = 42,
@@ -360,10 +480,14 @@ def create_app(
         retry_after_s: The `Retry-After` value of a 503, in seconds.
         model_slots: Model calls at once: 1 for the in-process llama.cpp (it runs one at a time anyway),
             the server's slot count for an OpenAI-compatible server. Waiting runs stay cancellable.
+        max_body_bytes: Largest request body accepted, in bytes (default 1 MiB); a larger one gets 413
+            before it is read.
         sample_users: User ids offered by `/v1/sample-users` (default: the first 8 with >= 5 items).
         dataset: Name shown by `/healthz`.
         seed: Seed of candidate proposal.
     """
+    if max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes must be >= 1: {max_body_bytes}")
     service = Service(
         resources,
         items,
@@ -376,16 +500,21 @@ def create_app(
         sample_users=sample_users,
         seed=seed,
     )
-    app = FastAPI(
+    app = FastAPIOffline(  # FastAPI whose /docs and /redoc load Swagger UI and ReDoc from this server
         title="RecThinker",
         version="0.1.0",
         description="An LLM recommendation agent that investigates with tools before it ranks.",
+        swagger_ui_parameters={"validatorUrl": None},  # Swagger UI would send the spec to a public validator
     )
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(SameOriginPages)
     app.state.service = service
     errors = {
         400: {"model": ErrorBody, "description": "Malformed JSON body"},
+        413: {"model": ErrorBody, "description": "Request body over the server's limit"},
         422: {"model": ErrorBody, "description": "Invalid request or unknown ids"},
-        503: {"model": ErrorBody, "description": "All agent slots busy; see Retry-After"},
+        502: {"model": ErrorBody, "description": "The model back end failed during the run"},
+        503: {"model": ErrorBody, "description": "All agent slots busy, or the model back end unreachable"},
         504: {"model": ErrorBody, "description": "The run exceeded the server's time limit"},
     }
 
@@ -418,6 +547,13 @@ def create_app(
     request_body = Body(openapi_examples=request_examples(service))  # examples with this dataset's ids
 
     async def _prepare(req: RecommendRequest) -> tuple[Episode, bool]:
+        problem = await service.backend_problem()
+        if problem is not None:
+            raise ApiError(
+                503,
+                f"model back end unavailable: {problem}",
+                {"Retry-After": str(service.retry_after_s)},
+            )
         service.acquire()
         try:
             return await asyncio.get_running_loop().run_in_executor(None, service.episode, req)
@@ -425,16 +561,29 @@ def create_app(
             service.release()
             raise
 
+    async def _cancel_when_gone(request: Request, job: _Job) -> None:
+        """Cancel `job` when the client disconnects (its body is read, so the next message says so)."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        job.cancel.set()
+        job.events.put_nowait(("error", {"status": CLIENT_GONE, "error": "client disconnected"}))
+
     @app.post("/v1/recommend", response_model=RecommendResponse, responses=errors)
-    async def recommend(req: RecommendRequest = request_body) -> JSONResponse:
+    async def recommend(request: Request, req: RecommendRequest = request_body) -> Response:
         """Run the agent once and return its ranking, evidence and full trajectory."""
         episode, proposed = await _prepare(req)
         job = service.start(req, episode, proposed)
-        async for kind, data in service.events(job):
-            if kind == "done":
-                return JSONResponse(data)
-            if kind == "error":
-                raise ApiError(data["status"], data["error"])
+        watcher = asyncio.create_task(_cancel_when_gone(request, job))
+        try:
+            async for kind, data in service.events(job):
+                if kind == "done":
+                    return JSONResponse(data)
+                if kind == "error" and data["status"] == CLIENT_GONE:
+                    return Response(status_code=CLIENT_GONE)  # nobody reads it
+                if kind == "error":
+                    raise ApiError(data["status"], data["error"])
+        finally:
+            watcher.cancel()
         raise ApiError(500, "the run ended without a result")  # unreachable: events end in done/error
 
     @app.post(
@@ -451,10 +600,13 @@ def create_app(
             async for kind, data in service.events(job):
                 yield sse(kind, data)
 
+        # Starlette stops `body()` when the client disconnects, and `events` then cancels the job; the
+        # background task covers a client that left before the first event was awaited.
         return StreamingResponse(
             body(),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            background=BackgroundTask(job.cancel.set),
         )
 
     @app.get("/v1/sample-users", response_model=list[SampleUser])
@@ -475,15 +627,24 @@ def create_app(
             )
         return out
 
-    @app.get("/healthz", response_model=Health)
-    async def healthz() -> Health:
-        return Health(
-            status="ok",
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "The model back end cannot be reached"}},
+    )
+    async def healthz() -> JSONResponse:
+        """Ready (200) or not (503: the model back end cannot be reached), with the reason."""
+        problem = await service.backend_problem()
+        health = Health(
+            status="ok" if problem is None else "unavailable",
+            ready=problem is None,
+            reason=problem or "",
             dataset=dataset or str(getattr(resources, "name", "")),
             model=service.model_name,
             busy=service.busy,
             max_concurrency=service.max_concurrency,
         )
+        return JSONResponse(health.model_dump(), 200 if problem is None else 503)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

@@ -120,7 +120,11 @@ class SampleUser(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    """`GET /healthz`: 200 when ready, 503 when the model back end cannot be reached."""
+
+    status: str = Field(description='"ok", or "unavailable" when the model back end cannot be reached.')
+    ready: bool = Field(description="Whether a request can run now (false: requests get 503).")
+    reason: str = Field(default="", description="Why the server is not ready; empty when it is.")
     dataset: str
     model: str
     busy: int

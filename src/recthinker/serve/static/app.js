@@ -23,9 +23,9 @@ function setStatus(text, isError = false) {
 }
 
 function itemNode(tag, it) {
-  // the id in small print, unless it is the title itself (ML-1M item ids are titles)
+  // the id in small print, unless the line already shows it (ML-1M item ids are "Title (year)")
   const node = el(tag, {}, it.line);
-  if (it.id !== it.title) node.append(el("span", { class: "id" }, it.id));
+  if (it.id !== it.title && !it.line.startsWith(it.id)) node.append(el("span", { class: "id" }, it.id));
   return node;
 }
 
@@ -34,6 +34,11 @@ async function loadHealth() {
     const r = await fetch("/healthz");
     const h = await r.json();
     $("health").textContent = `dataset ${h.dataset} · model ${h.model} · ${h.max_concurrency} slots`;
+    if (!h.ready) {
+      // 503: the model back end cannot be reached; runs are refused until it can
+      $("health").textContent += ` · not ready: ${h.reason}`;
+      $("health").classList.add("error");
+    }
   } catch (e) {
     $("health").textContent = "server unreachable";
   }
