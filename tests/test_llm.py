@@ -200,11 +200,19 @@ def test_4xx_fails_without_retry() -> None:
 
 
 def test_gives_up_after_max_retries() -> None:
-    client, seen = scripted_client([httpx.ConnectError("refused")], max_retries=2)
+    client, seen = scripted_client([httpx.RemoteProtocolError("dropped")], max_retries=2)
     with pytest.raises(LLMServerError, match="after 3 attempts") as info:
         client.generate([{"role": "user", "content": "x"}])
     assert isinstance(info.value, RecThinkerError)
     assert len(seen) == 3
+
+
+def test_a_refused_connection_is_retried_once() -> None:
+    """Nothing listening is immediate and rarely transient: one retry, not max_retries (a dead server)."""
+    client, seen = scripted_client([httpx.ConnectError("refused")], max_retries=3)
+    with pytest.raises(LLMServerError, match="after 2 attempts"):
+        client.generate([{"role": "user", "content": "x"}])
+    assert len(seen) == 2
 
 
 def test_api_key_from_argument_or_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -70,7 +70,9 @@ class OpenAICompatible:
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
-        self._client = httpx.Client(headers=headers, timeout=timeout_s, limits=limits, transport=transport)
+        # A host that never answers costs at most 10 s to connect, not the whole generation timeout.
+        timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
+        self._client = httpx.Client(headers=headers, timeout=timeout, limits=limits, transport=transport)
         self._slots = threading.BoundedSemaphore(max_concurrency)
         # A client of its own, so that a probe never waits behind generations for a pooled connection.
         self._probe_client = httpx.Client(headers=headers, timeout=PROBE_TIMEOUT_S, transport=transport)
@@ -163,7 +165,8 @@ class OpenAICompatible:
                 with self._slots:
                     response = self._client.post(url, json=payload)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as e:
-                if last:
+                # A refused connection is immediate and rarely transient: retry it once, not max_retries times.
+                if last or (isinstance(e, httpx.ConnectError) and attempt >= 1):
                     raise LLMServerError(f"{url}: {e!r} after {attempt + 1} attempts") from e
                 delay = self._delay(attempt, None)
                 log.warning("%s: %r; retry %d in %.1fs", url, e, attempt + 1, delay)
