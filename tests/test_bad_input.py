@@ -133,11 +133,29 @@ def test_a_ranker_that_cannot_be_built_fails_alone(tiny_benchmark, tmp_path):
         "--out",
         str(out),
     )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 2 and "ranker broken" in errors[0] and "no-such-model.gguf" in errors[0]
+    assert_one_line_error(proc, "ranker broken could not be built", "no-such-model.gguf")
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"pop", "ease"} and summary["pop"]["n"] == summary["ease"]["n"] == 5
+
+
+def test_unknown_ranker_kind_is_refused_before_anything_runs(tiny_benchmark, tmp_path):
+    episodes = str(tiny_benchmark.root / "dense" / "test.jsonl")
+    out = tmp_path / "o"
+    proc = run_cli(
+        "evaluate", "--episodes", episodes, "--ranker", "pop", "--ranker", "nonsense", "--out", str(out)
+    )
+    assert_one_line_error(proc, "nonsense", "unknown kind")
+    assert not out.exists()
+
+
+def test_when_no_ranker_can_be_built_no_empty_folder_remains(tiny_benchmark, tmp_path):
+    episodes = str(tiny_benchmark.root / "dense" / "test.jsonl")
+    out = tmp_path / "o"
+    proc = run_cli(
+        "evaluate", "--episodes", episodes, "--ranker", f"a=agent@{tmp_path / 'x.gguf'}", "--out", str(out)
+    )
+    assert_one_line_error(proc, "ranker a could not be built", "x.gguf")
+    assert not out.exists()
 
 
 def test_interrupt_keeps_finished_rows_and_says_so_on_one_line(tiny_benchmark, tmp_path, monkeypatch, capsys):

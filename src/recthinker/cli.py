@@ -27,6 +27,7 @@ LLM_RANKERS = ("agent", "agent-evidence", "zero-shot", "fixed-workflow", "pointw
 OTHER_RANKERS = (
     "teacher",
 )  # the bootstrap teacher: a scripted policy over the real tools (train/teacher.py)
+RANKER_KINDS = CLASSIC_RANKERS + LLM_RANKERS + OTHER_RANKERS
 
 
 class Parser(argparse.ArgumentParser):
@@ -145,6 +146,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--ranker: {', '.join(repeated)} named more than once (give each its own LABEL=, e.g. a={repeated[0]})"
         )
+    unknown = [kind for _, kind, _ in specs if kind not in RANKER_KINDS]
+    if unknown:
+        raise ConfigError(f"--ranker: unknown kind {unknown[0]!r}; use one of {', '.join(RANKER_KINDS)}")
+    existed = Path(args.out).exists()
     root = out_folder(args.out)
     models: dict[str, object] = {}  # one loaded chat model per spec, shared by the rankers that name it
     tables, failed = [], {}
@@ -158,8 +163,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 rankers.append(build_ranker(kind, bench, name, args, label, model, models))
             except RecThinkerError as e:  # this ranker alone fails; the others still run
                 failed[label] = str(e)
-                print(f"error: ranker {label}: {e}", file=sys.stderr)
+                log.info("ranker %s cannot be built (%s); the others run", label, e)
         if not rankers:
+            if not existed and not any(root.iterdir()):
+                root.rmdir()  # nothing ran: leave no empty folder behind
             break
         out = root if len(sets) == 1 else out_folder(str(root / name.replace("/", "-")))
         summary = evaluate(
@@ -177,8 +184,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if len(sets) > 1 and tables:
         Path(root, "summary.md").write_text("\n".join(tables), encoding="utf-8")
         print(f"wrote {root}/summary.md (every set)")
-    if failed:
-        raise RecThinkerError(f"{len(failed)} ranker(s) could not be built: {', '.join(failed)} (see above)")
+    if failed:  # one line for all of them, after the others' results are written
+        reasons = "; ".join(f"ranker {label} could not be built: {why}" for label, why in failed.items())
+        raise RecThinkerError(" ".join(reasons.split()))
     return 0
 
 
