@@ -11,12 +11,15 @@ message, tool call and observation), with timings removed; it is produced throug
 
 `record` evaluates the first 20 ML-1M dense/valid and 20 sparse/valid episodes (`--limit`, `--set`,
 `--ranker` change that) and writes `<out>/snapshot.jsonl`, one canonical JSON line per (ranker, episode),
-sorted. `compare` exits 1 and names the first differing episode and field when the two files differ.
+sorted, and `<out>/snapshot.sha256`, one `ranker set episode_id sha256` line per row: the digests can be
+committed (the rows quote MovieLens titles, which may not be redistributed). `compare` takes two snapshot
+folders or digest files, exits 1 and names the first differing episode (and field, given two folders).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import subprocess
@@ -56,10 +59,27 @@ def record(out: Path, sets: list[str], rankers: list[str], limit: int, threads: 
                 row = json.loads(line)
                 keep = {"set": s, "ranker": r, **strip_timings(row)}
                 lines.append(json.dumps(keep, sort_keys=True, ensure_ascii=False))
+    lines.sort()
     path = out / "snapshot.jsonl"
-    path.write_text("\n".join(sorted(lines)) + "\n", encoding="utf-8")
-    print(f"wrote {path} ({len(lines)} rows)")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "snapshot.sha256").write_text("".join(digest_line(line) for line in lines), encoding="utf-8")
+    print(f"wrote {path} and snapshot.sha256 ({len(lines)} rows)")
     return path
+
+
+def digest_line(line: str) -> str:
+    row = json.loads(line)
+    return (
+        f"{row['ranker']} {row['set']} {row.get('episode_id')} {hashlib.sha256(line.encode()).hexdigest()}\n"
+    )
+
+
+def digests(path: Path) -> list[str]:
+    """Digest lines of a snapshot folder (computed from its rows) or of a digest file."""
+    if path.is_dir():
+        rows = (path / "snapshot.jsonl").read_text(encoding="utf-8").splitlines()
+        return [digest_line(line) for line in rows]
+    return path.read_text(encoding="utf-8").splitlines(keepends=True)
 
 
 def first_difference(a: Any, b: Any, where: str = "") -> str | None:
@@ -84,6 +104,17 @@ def first_difference(a: Any, b: Any, where: str = "") -> str | None:
 
 
 def compare(a: Path, b: Path) -> int:
+    da, db = digests(a), digests(b)
+    if not (a.is_dir() and b.is_dir()):
+        if len(da) != len(db):
+            print(f"different row counts: {len(da)} vs {len(db)}")
+            return 1
+        for x, y in zip(da, db, strict=True):
+            if x != y:
+                print(f"differs: {x.strip()} vs {y.strip()}")
+                return 1
+        print(f"identical: {len(da)} rows (digests of rankings and trajectories, timings aside)")
+        return 0
     rows_a = [json.loads(x) for x in (a / "snapshot.jsonl").read_text(encoding="utf-8").splitlines()]
     rows_b = [json.loads(x) for x in (b / "snapshot.jsonl").read_text(encoding="utf-8").splitlines()]
     if len(rows_a) != len(rows_b):
