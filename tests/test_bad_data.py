@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recthinker.data.atomic import read_atomic
+from recthinker.data.atomic import read_atomic, read_random
 from recthinker.data.benchmark import (
     Benchmark,
     BenchmarkConfig,
@@ -474,7 +474,7 @@ def test_bad_episode_lines_in_a_benchmark(prepared):
         ('{"episode_id": "x", "user_id"', "not JSON"),
         ('["a"]', "expected a JSON object"),
         (
-            '{"episode_id": "x", "user_id": "u", "history": "abc", "candidates": ["a"]}',
+            '{"episode_id": "x", "user_id": "u", "history": "abc", "candidates": ["a"], "target": "a"}',
             "'history' must be a list",
         ),
         ('{"user_id": "u", "history": [], "candidates": ["a"]}', "missing key 'episode_id'"),
@@ -552,3 +552,150 @@ def test_prepare_command_gives_one_line(tmp_path, capsys, setup, message):
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == (["d", "out"] if out.exists() else ["d"])
+
+
+# --- episode files: every line checked ----------------------------------------------------------------
+
+GOOD = {"episode_id": "e1", "user_id": "u1", "history": ["a"], "candidates": ["a", "b"], "target": "b"}
+
+
+def _line(**changes) -> str:
+    row = {**GOOD, **changes}
+    return json.dumps({k: v for k, v in row.items() if v is not ...})
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (_line(episode_id=...), r"missing key 'episode_id'"),
+        (_line(user_id=7), r"field 'user_id' must be a string, got 7"),
+        (_line(target=None), r"field 'target' must be a string, got null"),
+        (_line(target=...), r"missing key 'target'"),
+        (_line(episode_id=3), r"field 'episode_id' must be a string"),
+        (_line(candidates=["a", 46]), r"field 'candidates': entry 1 is 46, expected a non-empty string"),
+        (_line(history=["a", None]), r"field 'history': entry 1 is null"),
+        (_line(candidates=None), r"'candidates' must be a list"),
+        (_line(history=None), r"'history' must be a list"),
+        (_line(candidates=["b"]), r"field 'candidates': 1 candidate\(s\), need at least 2"),
+        (_line(candidates=["a", "c"]), r"field 'target': 'b' is not among the candidates"),
+        (_line(candidates=["a", "b", "a"]), r"field 'candidates': 'a' appears more than once"),
+    ],
+)
+def test_bad_episode_fields_name_line_and_field(tmp_path, row, message):
+    path = tmp_path / "eps.jsonl"
+    path.write_text(_line(episode_id="e0") + "\n" + row + "\n")
+    with pytest.raises(DataError, match=rf"eps.jsonl:2: bad episode: {message}.*hint here"):
+        read_episodes(path, hint="hint here")
+
+
+def test_episode_file_empty_repeated_id_bom_and_blank_lines(tmp_path):
+    path = tmp_path / "eps.jsonl"
+    path.write_text("")
+    with pytest.raises(DataError, match=r"eps.jsonl: no episodes"):
+        read_episodes(path)
+    path.write_text("\n\n")
+    with pytest.raises(DataError, match=r"eps.jsonl: no episodes"):
+        read_episodes(path)
+    path.write_text(_line() + "\n" + _line(episode_id="e2") + "\n" + _line() + "\n")
+    with pytest.raises(DataError, match=r"eps.jsonl:3: .*'episode_id': 'e1' repeats line 1"):
+        read_episodes(path)
+    path.write_bytes(b"\xef\xbb\xbf" + (_line() + "\n\n" + _line(episode_id="e2") + "\n").encode())
+    eps = read_episodes(path)
+    assert [e.episode_id for e in eps] == ["e1", "e2"] and eps[0].candidates == ("a", "b")
+
+
+def test_episode_items_unknown_to_the_catalog(tmp_path):
+    path = tmp_path / "eps.jsonl"
+    items = pd.Index(["a", "b", "c"])
+    path.write_text(_line() + "\n")
+    assert read_episodes(path, items=items)[0].target == "b"
+    for row, field, unknown in (
+        (_line(candidates=["a", "zz", "b"]), "candidates", "zz"),
+        (_line(candidates=["a", "q"], target="q"), "target", "q"),
+        (_line(history=["c", "h9"]), "history", "h9"),
+    ):
+        path.write_text(_line(episode_id="e0") + "\n" + row + "\n")
+        with pytest.raises(
+            DataError, match=rf"eps.jsonl:2: bad episode: field '{field}': unknown item id '{unknown}'"
+        ):
+            read_episodes(path, items=items)
+
+
+def test_prepared_episode_ids_are_in_the_catalog(prepared):
+    bench = Benchmark.open(prepared)
+    path = prepared / "loo" / "test.jsonl"
+    assert read_episodes(path, items=bench.items.index)
+
+
+# --- the benchmark cache checks what it wrote ------------------------------------------------------------
+
+
+def _edit_one_line(path: Path) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    row = json.loads(lines[0])
+    row["history"] = row["history"][1:]  # still a valid episode, just not the prepared one
+    path.write_text(json.dumps(row) + "\n" + "".join(lines[1:]))
+
+
+def test_hand_edited_cached_benchmark_is_rebuilt(tmp_path, cache, caplog):
+    folder = write_folder(tmp_path / "toy")
+    bench = ensure_benchmark(folder, cfg=small_cfg())
+    original = (bench.root / "dense" / "test.jsonl").read_bytes()
+    _edit_one_line(bench.root / "dense" / "test.jsonl")
+    with caplog.at_level(logging.INFO, logger="recthinker.data.benchmark"):
+        again = ensure_benchmark(folder, cfg=small_cfg())
+    assert again.root == bench.root and (again.root / "dense" / "test.jsonl").read_bytes() == original
+    (line,) = [r.getMessage() for r in caplog.records if "preparing benchmark" in r.getMessage()]
+    assert "dense/test.jsonl changed" in line
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="recthinker.data.benchmark"):
+        ensure_benchmark(folder, cfg=small_cfg())  # unchanged now: no rebuild
+    assert not [r for r in caplog.records if "preparing benchmark" in r.getMessage()]
+
+
+@pytest.mark.parametrize("manifest", [None, "{not json", "[]"])
+def test_cache_folder_without_a_valid_manifest_is_rebuilt(tmp_path, cache, manifest):
+    folder = write_folder(tmp_path / "toy")
+    bench = ensure_benchmark(folder, cfg=small_cfg())
+    (bench.root / "scores-cache.npz").write_bytes(b"kept by other commands")
+    if manifest is None:
+        (bench.root / "manifest.json").unlink()
+    else:
+        (bench.root / "manifest.json").write_text(manifest)
+    again = ensure_benchmark(folder, cfg=small_cfg())
+    assert again.root == bench.root and (again.root / "manifest.json").is_file()
+    assert again.episodes("loo/test") == bench.episodes("loo/test")
+
+
+def test_changed_episodes_file_of_an_explicit_folder(prepared):
+    bench = Benchmark.open(prepared)
+    bench.episodes("dense/test")
+    _edit_one_line(prepared / "dense" / "test.jsonl")
+    message = r"dense/test.jsonl: changed since `recthinker prepare` wrote it \(sha256 differs"
+    with pytest.raises(DataError, match=message):
+        Benchmark.open(prepared).episodes("dense/test")
+    with pytest.raises(DataError, match=message):
+        Benchmark.open(prepared).name_of(prepared / "dense" / "test.jsonl")
+    # the files not read are not checked
+    assert Benchmark.open(prepared).episodes("loo/test")
+
+
+# --- .random candidate files ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("u0\ti1 i2 i3\nu1\ti4 nope i5\n", r"toy.random:2: item 'nope' is not one of the dataset's items"),
+        ("u0\ti1 i2\nghost\ti4 i5\n", r"toy.random:2: user 'ghost' has no interactions"),
+        ("u0\ti1 i2\nu1\ti4\ti5\n", r"toy.random:2: expected 2 tab-separated fields .*found 3"),
+    ],
+)
+def test_bad_random_file(tmp_path, cache, body, message):
+    folder = write_folder(tmp_path / "toy")
+    (folder / "toy.random").write_text(body)
+    with pytest.raises(DataError, match=message):
+        load_dataset(folder)
+    if "tab-separated" in message:
+        with pytest.raises(DataError, match=message):
+            read_random(folder / "toy.random")

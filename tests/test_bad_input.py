@@ -222,3 +222,51 @@ def test_bad_input_module_covers_every_verb_with_numbers():
         if any(a.type not in (None, str) and a.dest != "help" for a in parser._actions):
             numeric.add(verb)
     assert numeric <= {argv[0] for argv, _, _ in BAD_NUMBERS} | {"train"}, numeric
+
+
+@pytest.mark.parametrize("value", ["5_0", "٣", "1e3", "0x10", " ", "3.0"])
+def test_integers_are_plain_ascii_digits(value, tmp_path):
+    proc = run_cli(
+        "evaluate", "--dataset", "ml-1m", "--ranker", "pop", "--out", str(tmp_path / "o"), "--limit", value
+    )
+    assert_one_line_error(proc, "--limit")
+
+
+def test_threads_and_workers_have_an_upper_bound(tmp_path):
+    for option, value in (("--threads", "999999"), ("--workers", "100000")):
+        proc = run_cli(
+            "evaluate", "--dataset", "ml-1m", "--ranker", "pop", "--out", str(tmp_path / "o"), option, value
+        )
+        assert_one_line_error(proc, option, value)
+
+
+@pytest.mark.parametrize("label", ["a\nb", "c|d", "x y", ".hidden", "a:b"])
+def test_ranker_labels_name_a_folder_and_a_table_row(label, tiny_benchmark, tmp_path):
+    episodes = str(tiny_benchmark.root / "dense" / "test.jsonl")
+    proc = run_cli(
+        "evaluate", "--episodes", episodes, "--ranker", f"{label}=pop", "--out", str(tmp_path / "o")
+    )
+    assert_one_line_error(proc, "LABEL=")
+    assert not (tmp_path / "o").exists()
+
+
+def test_set_is_refused_with_episodes_and_a_refused_run_leaves_no_folder(tiny_benchmark, tmp_path):
+    episodes = str(tiny_benchmark.root / "dense" / "test.jsonl")
+    out = tmp_path / "o"
+    proc = run_cli(
+        "evaluate", "--episodes", episodes, "--set", "sparse/test", "--ranker", "pop", "--out", str(out)
+    )
+    assert_one_line_error(proc, "--set", "--episodes")
+    proc = run_cli(
+        "evaluate",
+        "--dataset",
+        str(tiny_benchmark.root),
+        "--set",
+        "no/such",
+        "--ranker",
+        "pop",
+        "--out",
+        str(out),
+    )
+    assert_one_line_error(proc, "no/such")
+    assert not out.exists()

@@ -236,7 +236,7 @@ def test_presplit_and_sequential(tmp_path):
 def test_bad_episode_line(tmp_path):
     path = tmp_path / "e.jsonl"
     path.write_text(
-        '{"episode_id": "a", "user_id": "u", "history": [], "candidates": ["x"], "target": "x"}\n{oops\n'
+        '{"episode_id": "a", "user_id": "u", "history": [], "candidates": ["x", "y"], "target": "x"}\n{oops\n'
     )
     with pytest.raises(DataError, match=r"e.jsonl:2: bad episode"):
         read_episodes(path)

@@ -187,6 +187,16 @@ def test_invalid_model_output_is_reported_not_fallen_back(res, tiny_benchmark, u
         ({"user_id": "http://evil.example/x"}, 422, "unknown user_id 'http://evil.example/x'"),
         ({"user_id": "u" * 201}, 422, "user_id: String should match pattern"),
         ({"user_id": "u01", "propose": 500}, 422, "propose: Input should be less than or equal to 50"),
+        (
+            {"user_id": "u01", "candidates": CANDS, "max_steps": True},
+            422,
+            "max_steps: Input should be a valid integer",
+        ),
+        (
+            {"user_id": "u01", "candidates": CANDS, "max_steps": "3"},
+            422,
+            "max_steps: Input should be a valid integer",
+        ),
     ],
 )
 def test_bad_requests_get_clear_errors(client, body, status, message):

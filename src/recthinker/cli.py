@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import signal
 import sys
 import threading
@@ -28,6 +29,7 @@ OTHER_RANKERS = (
     "teacher",
 )  # the bootstrap teacher: a scripted policy over the real tools (train/teacher.py)
 RANKER_KINDS = CLASSIC_RANKERS + LLM_RANKERS + OTHER_RANKERS
+LABEL = re.compile(r"\w[\w.+@-]*")  # a ranker's label names its folder and a table row
 
 
 class Parser(argparse.ArgumentParser):
@@ -102,7 +104,7 @@ def _resolve_episodes(args: argparse.Namespace, set_name: str):
             )
         bench = Benchmark.open(manifest.parent)
         name = bench.name_of(args.episodes)
-        episodes = read_episodes(args.episodes, hint=REPREPARE)
+        episodes = read_episodes(args.episodes, hint=REPREPARE, items=bench.items.index)
     else:
         bench = ensure_benchmark(args.dataset)
         name = set_name
@@ -129,15 +131,16 @@ def parse_ranker_spec(spec: str) -> tuple[str, str, str | None]:
     if at and not model:
         raise RecThinkerError(f"--ranker {spec!r}: nothing after '@' (give a model spec, e.g. agent@base)")
     label = label or (f"{kind}@{model}" if at else kind)
-    if not label or any(c in label for c in "/\\") or label.startswith("."):
-        raise RecThinkerError(f"--ranker {spec!r}: name it with LABEL= (a folder name without slashes)")
+    if not LABEL.fullmatch(label):
+        raise RecThinkerError(
+            f"--ranker {spec!r}: name it with LABEL= (letters, digits and . _ + @ -, not starting with a dot)"
+        )
     return label, kind, model or None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from recthinker.eval.harness import evaluate
-    from recthinker.eval.report import markdown_table
-
+    if args.episodes and args.set:
+        raise ConfigError("--set chooses an episode set of --dataset; with --episodes the file is the set")
     sets = [None] if args.episodes else list(dict.fromkeys(args.set or ["dense/test"]))
     specs = [parse_ranker_spec(r) for r in args.ranker]
     labels = [label for label, _, _ in specs]
@@ -151,6 +154,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--ranker: unknown kind {unknown[0]!r}; use one of {', '.join(RANKER_KINDS)}")
     existed = Path(args.out).exists()
     root = out_folder(args.out)
+    try:
+        return _evaluate_sets(args, sets, specs, root)
+    finally:
+        if not existed and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()  # refused or nothing ran: leave no empty folder behind
+
+
+def _evaluate_sets(args: argparse.Namespace, sets: list, specs: list, root: Path) -> int:
+    from recthinker.eval.harness import evaluate
+    from recthinker.eval.report import markdown_table
+
     models: dict[str, object] = {}  # one loaded chat model per spec, shared by the rankers that name it
     tables, failed = [], {}
     for set_name in sets:
@@ -165,8 +179,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 failed[label] = str(e)
                 log.info("ranker %s cannot be built (%s); the others run", label, e)
         if not rankers:
-            if not existed and not any(root.iterdir()):
-                root.rmdir()  # nothing ran: leave no empty folder behind
             break
         out = root if len(sets) == 1 else out_folder(str(root / name.replace("/", "-")))
         summary = evaluate(
@@ -372,11 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--model", default=None, help="LLM rankers: GGUF file, HF folder/adapter, or server URL")
     s.add_argument(
-        "--workers", type=argtypes.count, default=1, help="episodes ranked concurrently (LLM servers)"
+        "--workers", type=argtypes.workers, default=1, help="episodes ranked concurrently (LLM servers)"
     )
     s.add_argument(
         "--threads",
-        type=argtypes.count,
+        type=argtypes.threads,
         default=1,
         help="CPU threads of in-process llama.cpp models (1 when the CPU is shared)",
     )
@@ -460,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="baselines: episode sets (default dense/test sparse/test loo/test loo-20/test)",
     )
     s.add_argument("--ranker", action="append", help="baselines: rankers (default: all classic ones)")
-    s.add_argument("--workers", type=argtypes.count, default=1)
+    s.add_argument("--workers", type=argtypes.workers, default=1)
     s.add_argument(
         "--limit", type=argtypes.limit, default=0, help="baselines: first N episodes per set (0 = all)"
     )

@@ -31,7 +31,7 @@ import codecs
 import csv
 import io
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -274,10 +274,14 @@ def id_strings(values: pd.Series) -> pd.Series:
     return pd.Series(out, index=values.index, dtype=object)
 
 
-def read_random(path: str | Path) -> dict[str, list[str]]:
+def read_random(
+    path: str | Path, items: Collection[str] | None = None, users: Collection[str] | None = None
+) -> dict[str, list[str]]:
     """A `.random` candidate file: one line per user, `user_id<TAB>space-separated item ids`.
 
-    A first line that looks like a typed header (`user_id:token ...`) is skipped.
+    A first line that looks like a typed header (`user_id:token ...`) is skipped. With `items` (the
+    dataset's item ids) and `users` (the users of its interactions), an unknown item id or user is a
+    DataError naming the line; so is a line with more than 2 tab-separated fields.
     """
     path = Path(path)
     out: dict[str, list[str]] = {}
@@ -286,12 +290,24 @@ def read_random(path: str | Path) -> dict[str, list[str]]:
             continue
         if lineno == 1 and ":token" in line:
             continue
-        user, sep, items = line.partition("\t")
+        user, sep, ids = line.partition("\t")
         if not sep or not user.strip():
             raise DataError(f"{path}:{lineno}: expected 'user_id<TAB>item ids', got {line[:80]!r}")
+        if "\t" in ids:
+            raise DataError(
+                f"{path}:{lineno}: expected 2 tab-separated fields (user_id, item ids), "
+                f"found {line.count(chr(9)) + 1}"
+            )
         if user in out:
             raise DataError(f"{path}:{lineno}: user {user!r} listed twice")
-        out[user] = list(dict.fromkeys(items.split()))  # a repeated id counts once
+        if users is not None and user not in users:
+            raise DataError(f"{path}:{lineno}: user {user!r} has no interactions in the dataset")
+        row = list(dict.fromkeys(ids.split()))  # a repeated id counts once
+        if items is not None:
+            unknown = next((i for i in row if i not in items), None)
+            if unknown is not None:
+                raise DataError(f"{path}:{lineno}: item {unknown!r} is not one of the dataset's items")
+        out[user] = row
     if not out:
         raise DataError(f"{path}: no candidate lines (expected 'user_id<TAB>item ids' per line)")
     return out

@@ -44,7 +44,7 @@ import os
 import secrets
 import shutil
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -525,41 +525,93 @@ def _config_dict(cfg: BenchmarkConfig) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()}
 
 
-def read_episodes(path: str | Path, hint: str = "") -> list[Episode]:
-    """Episodes from a JSONL file; a bad line is a DataError naming the file and line.
+def read_episodes(path: str | Path, hint: str = "", items: Collection[str] | None = None) -> list[Episode]:
+    """Episodes from a JSONL file, every line checked; a bad line is a DataError naming file, line and field.
+
+    Each non-blank line is a JSON object with string `episode_id` (unique in the file), `user_id` and
+    `target`, and `candidates` / `history` lists of strings (ids are never coerced: `46` is an error, write
+    `"46"`); at least 2 distinct candidates, the target exactly once among them; `split` / `subset`, when
+    present, are strings. A UTF-8 byte-order mark is fine; blank lines are skipped; a file without any
+    episode is an error.
 
     Args:
         path: The JSONL file.
         hint: Appended to error messages (e.g. `REPREPARE` for a prepared benchmark's files).
+        items: The known item ids (e.g. `Benchmark.items.index`); when given, an id in `candidates`,
+            `target` or `history` that is not among them is a DataError naming the line and the id.
     """
     path = Path(path)
     tail = f"; {hint}" if hint else ""
     if not path.is_file():
         raise DataError(f"{path}: {'is a folder, not an episodes file' if path.is_dir() else 'no such file'}")
-    out = []
+    known = None if items is None else (items if isinstance(items, (set, frozenset)) else set(items))
+    out: list[Episode] = []
+    first_line: dict[str, int] = {}
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}:{lineno}: bad episode: not valid UTF-8{tail}") from e
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-                for key in ("history", "candidates"):
-                    if not isinstance(row.get(key), list):
-                        raise ValueError(f"{key!r} must be a list")
-                out.append(Episode.from_dict(row))
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: bad episode: not JSON ({e.msg}){tail}") from e
-            except KeyError as e:
-                raise DataError(f"{path}:{lineno}: bad episode: missing key {e}{tail}") from e
-            except (TypeError, ValueError) as e:
+            try:
+                episode = _episode_of(row, known)
+            except ValueError as e:
                 raise DataError(f"{path}:{lineno}: bad episode: {e}{tail}") from e
+            if episode.episode_id in first_line:
+                raise DataError(
+                    f"{path}:{lineno}: bad episode: field 'episode_id': {episode.episode_id!r} repeats "
+                    f"line {first_line[episode.episode_id]}{tail}"
+                )
+            first_line[episode.episode_id] = lineno
+            out.append(episode)
+    if not out:
+        raise DataError(f"{path}: no episodes (the file is empty){tail}")
     return out
+
+
+def _episode_of(row: object, items: Collection[str] | None) -> Episode:
+    """One checked episode from a parsed JSON line; ValueError says which field is wrong."""
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    for key in ("episode_id", "user_id", "target", "history", "candidates"):
+        if key not in row:
+            raise ValueError(f"missing key {key!r}")
+    for key in ("episode_id", "user_id", "target", "split", "subset"):
+        if key in row and not isinstance(row[key], str):
+            raise ValueError(f"field {key!r} must be a string, got {json.dumps(row[key])}")
+    for key in ("episode_id", "user_id", "target"):
+        if not row[key]:
+            raise ValueError(f"field {key!r} is empty")
+    for key in ("history", "candidates"):
+        value = row[key]
+        if not isinstance(value, list):
+            raise ValueError(f"{key!r} must be a list of item ids, got {json.dumps(value)[:40]}")
+        bad = next((i for i, x in enumerate(value) if not isinstance(x, str) or not x), None)
+        if bad is not None:
+            raise ValueError(
+                f"field {key!r}: entry {bad} is {json.dumps(value[bad])}, expected a non-empty string item id"
+            )
+    cands, target = row["candidates"], row["target"]
+    if len(cands) < 2:
+        raise ValueError(f"field 'candidates': {len(cands)} candidate(s), need at least 2")
+    if len(set(cands)) != len(cands):
+        seen: set[str] = set()
+        dup = next(c for c in cands if c in seen or seen.add(c))
+        raise ValueError(f"field 'candidates': {dup!r} appears more than once")
+    if target not in cands:
+        raise ValueError(f"field 'target': {target!r} is not among the candidates")
+    if items is not None:
+        for key, ids in (("target", [target]), ("candidates", cands), ("history", row["history"])):
+            unknown = next((i for i in ids if i not in items), None)
+            if unknown is not None:
+                raise ValueError(f"field {key!r}: unknown item id {unknown!r} (not in the catalog)")
+    return Episode.from_dict(row)
 
 
 def find_manifest(episodes_path: str | Path) -> Path | None:
@@ -635,7 +687,22 @@ class Benchmark:
     def episodes(self, name: str) -> list[Episode]:
         if name not in self.manifest["episodes"]:
             raise DataError(f"{self.root}: no episode set {name!r}; have {sorted(self.manifest['episodes'])}")
-        return read_episodes(self.root / self.manifest["episodes"][name], hint=REPREPARE)
+        rel = self.manifest["episodes"][name]
+        episodes = read_episodes(self.root / rel, hint=REPREPARE)
+        self._check_unchanged(rel)
+        return episodes
+
+    def _check_unchanged(self, rel: str) -> None:
+        """DataError when the file `rel` (relative to the root) no longer has the sha256 the manifest
+        records (hashes of large files are remembered per process, so a repeated check is cheap)."""
+        recorded = self.manifest.get("sha256", {}).get("outputs", {})
+        if not isinstance(recorded, dict) or rel not in recorded:
+            return  # an older manifest without output hashes
+        if sha256_file(self.root / rel) != recorded[rel]:
+            raise DataError(
+                f"{self.root / rel}: changed since `recthinker prepare` wrote it "
+                "(sha256 differs from manifest.json); re-run prepare"
+            )
 
     def background(self, name: str) -> InteractionLog:
         """The background log that episode set `name` may learn from."""
@@ -644,12 +711,15 @@ class Benchmark:
         return _read_background(self.root / self.manifest["background"][name])
 
     def name_of(self, episodes_path: str | Path) -> str:
+        """The episode-set name of a file of this benchmark; DataError when it is not listed in the
+        manifest, or when its content changed since `recthinker prepare` wrote it (sha256)."""
         try:
             rel = Path(episodes_path).resolve().relative_to(self.root.resolve()).as_posix()
         except ValueError:
             rel = None
         for name, p in self.manifest["episodes"].items():
             if p == rel:
+                self._check_unchanged(p)
                 return name
         raise DataError(f"{episodes_path} is not listed in {self.root / 'manifest.json'}")
 
@@ -707,8 +777,16 @@ def ensure_benchmark(
         os.rename(legacy, root)
     if (root / "manifest.json").is_file():
         reason = _stale(root, inputs, config)
+    elif out:
+        reason = "not prepared yet"
+    elif root.exists():  # our own cache folder without its manifest: remove it whole and build again
+        reason = "its manifest.json is missing"
+        if root.is_dir() and not root.is_symlink():
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            root.unlink()
     else:
-        reason = "not prepared yet" if out else _new_reason(root, inputs)
+        reason = _new_reason(root, inputs)
     if reason is None:
         try:
             return Benchmark.open(root)
@@ -730,6 +808,23 @@ def _stale(root: Path, inputs: dict[str, str], config: dict) -> str | None:
         return f"the inputs changed since it was built ({', '.join(changed)})"
     if manifest.get("config") != config:
         return "it was built with another config"
+    return _changed_output(root, manifest)
+
+
+def _changed_output(root: Path, manifest: dict) -> str | None:
+    """Why the files `build` wrote into `root` are not those the manifest records (None when they are):
+    a file whose sha256 differs (hand-edited) or that is missing. Hashes of files of 1 MiB or more are
+    remembered per process by (path, size, mtime, ctime, inode), so repeated loads stay fast."""
+    recorded = manifest.get("sha256", {}).get("outputs")
+    if not isinstance(recorded, dict):
+        return None  # an older manifest without output hashes
+    for rel, digest in sorted(recorded.items()):
+        try:
+            current = sha256_file(root / rel)
+        except OSError:
+            return f"{rel} is missing"
+        if current != digest:
+            return f"{rel} changed since it was built (sha256 differs from manifest.json)"
     return None
 
 

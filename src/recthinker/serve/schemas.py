@@ -21,7 +21,7 @@ ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,200}$"  # ids: 1-200 printable characters (ML
 class RecommendRequest(BaseModel):
     """Rank candidates for a user of the dataset, or for a user described by an explicit history."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "3" or true is not a count
 
     user_id: str | None = Field(
         default=None,

@@ -751,7 +751,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         default=[0.0],
         help="sample k uses the k-th (cycled)",
     )
-    s.add_argument("--workers", type=argtypes.count, default=1)
+    s.add_argument("--workers", type=argtypes.workers, default=1)
     s.add_argument("--max-tokens", type=argtypes.count, default=384, help="tokens per assistant turn")
     s.add_argument(
         "--teacher-fit",
