@@ -19,11 +19,9 @@ import argparse
 import contextlib
 import json
 import re
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -44,6 +42,7 @@ from recthinker.agent.loop import AgentConfig  # noqa: E402
 from recthinker.serve.app import create_app  # noqa: E402
 from recthinker.tools.resources import load_resources  # noqa: E402
 from test_serve import ScriptedServeModel  # noqa: E402
+from test_serve_limits import free_port, serving  # noqa: E402
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -56,12 +55,6 @@ CHROMIUM_ARGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server_url(tiny_benchmark):
     res = load_resources(tiny_benchmark, "dense/test")
@@ -72,18 +65,8 @@ def server_url(tiny_benchmark):
         config=AgentConfig(max_steps=4, max_tool_calls=3),
         dataset="tiny",
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_page_runs_a_sample_user(server_url, tmp_path):
