@@ -238,9 +238,7 @@ def build_ranker(
             models[spec] = load_chat_model(spec, n_threads=getattr(args, "threads", 1))
         ranker = make_llm_ranker(kind, bench, name, model=models[spec], seed=args.seed)
     else:
-        raise RecThinkerError(
-            f"unknown ranker {kind!r}: use one of {CLASSIC_RANKERS + LLM_RANKERS + OTHER_RANKERS}"
-        )
+        raise RecThinkerError(f"unknown ranker {kind!r}: use one of {', '.join(RANKER_KINDS)}")
     if label:
         ranker.name = label
     return ranker

@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,7 +102,12 @@ class Dataset:
     files: tuple[Path, ...] = field(default=())  # the input files, for the manifest's hashes
 
     def input_hashes(self) -> dict[str, str]:
-        return {p.name: sha256_file(p) for p in self.files}
+        return file_hashes(self.files)
+
+
+def file_hashes(paths: Iterable[Path]) -> dict[str, str]:
+    """File name -> sha256 (the manifest's `sha256.inputs`)."""
+    return {p.name: sha256_file(p) for p in paths}
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,7 @@ class DatasetFiles:
 
     def hashes(self) -> dict[str, str]:
         """File name -> sha256: the manifest's `sha256.inputs`."""
-        return {p.name: sha256_file(p) for p in self.paths}
+        return file_hashes(self.paths)
 
     def content_key(self) -> str:
         """A hex digest of the inputs' content and roles (file names and folder excluded)."""

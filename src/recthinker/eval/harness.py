@@ -348,6 +348,10 @@ def _read_run_file(out_dir: Path) -> dict[str, Any]:
     return run
 
 
+def _write_run_file(out_dir: Path, run: Mapping[str, Any]) -> None:
+    atomic_write_bytes(out_dir / RUN_FILE, (json.dumps(run, indent=1) + "\n").encode())
+
+
 def _check_run_file(
     out_dir: Path, run: Mapping[str, Any], set_name: str | None, digests: Mapping[str, str]
 ) -> None:
@@ -363,9 +367,13 @@ def _check_run_file(
         raise _refuse(out_dir, f"none of its {len(known)} episodes is among the {len(digests)} requested")
 
 
-def _check_rows(path: Path, rows: Sequence[Mapping[str, Any]], wanted: Mapping[str, Episode]) -> None:
+def _check_rows(
+    path: Path,
+    rows: Sequence[Mapping[str, Any]],
+    wanted: Mapping[str, Episode],
+    digests: Mapping[str, str],
+) -> None:
     """Refuse a ranker file whose rows are results for other episodes than the requested ones."""
-    digests = {eid: episode_digest(e) for eid, e in wanted.items()}
     for lineno, row in enumerate(rows, start=1):
         eid = row.get("episode_id")
         if eid in wanted and not _matches(row, wanted[eid], digests[eid]):
@@ -625,13 +633,13 @@ def _evaluate_locked(
         for name, path in paths.items():
             if path.exists():
                 on_disk[name] = load_jsonl(path)
-                _check_rows(path, on_disk[name][0], wanted)
+                _check_rows(path, on_disk[name][0], wanted, digests)
     run = {
         "set": set_name if set_name is not None else run.get("set"),
         "episodes": {**run.get("episodes", {}), **digests},
         "summary_episodes": run.get("summary_episodes"),
     }
-    atomic_write_bytes(out_dir / RUN_FILE, (json.dumps(run, indent=1) + "\n").encode())
+    _write_run_file(out_dir, run)
 
     results: dict[str, _Progress] = {}
     for ranker in rankers:
@@ -660,7 +668,7 @@ def _evaluate_locked(
     summary = _merged_summary(out_dir, [r.name for r in rankers], episodes, keep_old=resume)
     write_summary(summary, out_dir)
     run["summary_episodes"] = {"n": len(episodes), "sha256": _set_fingerprint(digests)}
-    atomic_write_bytes(out_dir / RUN_FILE, (json.dumps(run, indent=1) + "\n").encode())
+    _write_run_file(out_dir, run)
     for name in results:
         s = summary[name]
         log.info(
