@@ -24,10 +24,10 @@ import json
 import os
 from pathlib import Path
 
-from recthinker.agent.llm import load_chat_model
 from recthinker.agent.rankers import make_llm_ranker
 from recthinker.data.benchmark import ensure_benchmark
 from recthinker.eval.harness import evaluate, read_rows, summarize_rows
+from recthinker.llm import load_chat_model
 
 
 def model_row(label: str, spec: str, rows: list[dict]) -> dict:

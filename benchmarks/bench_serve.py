@@ -30,9 +30,9 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from recthinker.agent.llm import load_chat_model
 from recthinker.agent.rankers import default_config
 from recthinker.data.benchmark import ensure_benchmark
+from recthinker.llm import load_chat_model
 from recthinker.serve.app import create_app
 from recthinker.tools.resources import load_resources
 

@@ -17,7 +17,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"  # two cores; with a busy neighbo
 for preset in $STAGES; do
   if [ "$preset" = cpu ]; then
     # the cpu preset's final adapter is the committed default model: publish it there (a git diff shows what moved)
-    recthinker -v train --preset cpu --dataset ml-1m --out outputs/train-cpu --publish src/recthinker/agent/default_model
+    recthinker -v train --preset cpu --dataset ml-1m --out outputs/train-cpu --publish src/recthinker/llm/default_model
   else
     recthinker -v train --preset "$preset" --dataset ml-1m --out "outputs/train-$preset"
   fi

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recthinker.agent.llm import ChatResult
 from recthinker.agent.loop import AgentConfig, RecThinker
 from recthinker.agent.parse import parse_ranking
 from recthinker.agent.prompting import render_for_prompt_mode
 from recthinker.agent.trajectory import Trajectory
+from recthinker.llm import ChatResult
 from recthinker.types import Episode
 
 EPISODE = Episode(episode_id="e1", user_id="u1", history=("h1", "h2"), candidates=("a", "b", "c"), target="b")
@@ -248,7 +248,7 @@ def test_fuzz_loop_never_crashes(replies):
 
 
 def test_context_overflow_ends_episode_invalid():
-    from recthinker.agent.llm import ContextOverflowError, is_context_overflow
+    from recthinker.llm.base import ContextOverflowError, is_context_overflow
 
     class Overflowing(ScriptedModel):
         def generate(self, messages, **options):

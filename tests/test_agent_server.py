@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from recthinker.agent.llm import OpenAICompatible, bundled_model_path, serve_llamacpp
 from recthinker.agent.loop import AgentConfig, RecThinker
 from recthinker.agent.rankers import AgentRanker
 from recthinker.eval.harness import evaluate
+from recthinker.llm import OpenAICompatible, bundled_model_path, serve_llamacpp
 from recthinker.tools.env import RecEnv
 from recthinker.tools.resources import load_resources
 

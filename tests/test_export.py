@@ -1,4 +1,4 @@
-"""`recthinker.train.export`: a LoRA adapter merged into the bundled SmolLM2 GGUF.
+"""`recthinker.llm.export`: a LoRA adapter merged into the bundled SmolLM2 GGUF.
 
 The fast tests check the file against numpy arithmetic on a hand-written adapter; the slow test checks the
 meaning: llama.cpp on the export decodes the same greedy continuation as transformers + PEFT with the same
@@ -16,9 +16,9 @@ import pytest
 gguf = pytest.importorskip("gguf")
 from safetensors.numpy import save_file  # noqa: E402
 
-from recthinker.agent.llm import bundled_model_path  # noqa: E402
 from recthinker.errors import ConfigError  # noqa: E402
-from recthinker.train.export import (  # noqa: E402
+from recthinker.llm import bundled_model_path  # noqa: E402
+from recthinker.llm.export import (  # noqa: E402
     BASE_KEY,
     EXPORT_FORMAT,
     SHA_KEY,
@@ -174,7 +174,7 @@ def test_metadata_is_copied_and_stamped(exported, base, merged) -> None:
 def test_adapter_gguf_caches_by_adapter_hash(
     exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from recthinker.train import export
+    from recthinker.llm import export
 
     adapter, _, out = exported
     calls = []
@@ -275,7 +275,7 @@ def peft_adapter(model, folder: Path) -> Path:
 
 def llama_greedy(gguf_path: Path, prompts: list[list[int]], n: int) -> list[tuple[list[int], list[float]]]:
     """Greedy token ids and their log-probabilities from llama.cpp (one thread) for each prompt."""
-    from recthinker.agent.llm_llamacpp import start_server
+    from recthinker.llm.llamacpp import start_server
 
     server = start_server(gguf_path, n_ctx=256, n_threads=1)
     out = []
@@ -330,7 +330,7 @@ def test_llamacpp_on_export_decodes_like_transformers_with_peft(tmp_path: Path, 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from recthinker.train import export
+    from recthinker.llm import export
     from recthinker.train.model import bundled_hf_model
 
     torch.set_num_threads(1)
@@ -363,9 +363,9 @@ def test_model_lookup_runs_our_adapters_on_llamacpp(exported, tmp_path: Path, mo
     """`load_chat_model`: None -> the committed default adapter merged into the bundled GGUF (with the agent
     settings it was trained with); "base" -> the untrained GGUF; an adapter trained on the bundled model's
     transformers conversion -> llama.cpp on its export; and `default_config` applies the settings."""
-    from recthinker.agent import llm
-    from recthinker.agent.llm_llamacpp import LlamaCpp
     from recthinker.agent.rankers import default_config
+    from recthinker.llm import bundled, load_chat_model
+    from recthinker.llm.llamacpp import LlamaCpp
 
     adapter, _, _ = exported
     monkeypatch.setenv("RECTHINKER_CACHE", str(tmp_path / "cache"))
@@ -381,9 +381,9 @@ def test_model_lookup_runs_our_adapters_on_llamacpp(exported, tmp_path: Path, mo
         "n_history": 6,
     }
     (default / "agent.json").write_text(json.dumps(settings))
-    monkeypatch.setattr(llm, "DEFAULT_MODEL_DIR", default)
+    monkeypatch.setattr(bundled, "DEFAULT_MODEL_DIR", default)
 
-    model = llm.load_chat_model(None)
+    model = load_chat_model(None)
     assert isinstance(model, LlamaCpp) and model.model_path == adapter_gguf(default)
     assert model.model_path.parent == tmp_path / "cache" / "gguf" and model.agent_settings == settings
     config = default_config("agent", model)
@@ -395,19 +395,19 @@ def test_model_lookup_runs_our_adapters_on_llamacpp(exported, tmp_path: Path, mo
     )
     passive = default_config("fixed-workflow", model)
     assert passive.answer_form == "ranking" and passive.n_history == 6
-    base = llm.load_chat_model("base")
-    assert base.model_path == llm.bundled_model_path() and not getattr(base, "agent_settings", None)
+    base = load_chat_model("base")
+    assert base.model_path == bundled_model_path() and not getattr(base, "agent_settings", None)
 
     trained = tmp_path / "run" / "adapter"
     trained.mkdir(parents=True)
     config_json = json.loads((adapter / "adapter_config.json").read_text())
-    config_json["base_model_name_or_path"] = f"/somewhere/{llm.BUNDLED_HF_NAME}"
+    config_json["base_model_name_or_path"] = f"/somewhere/{bundled.BUNDLED_HF_NAME}"
     (trained / "adapter_config.json").write_text(json.dumps(config_json))
     (trained / "adapter_model.safetensors").write_bytes((adapter / "adapter_model.safetensors").read_bytes())
-    assert isinstance(llm.load_chat_model(str(trained)), LlamaCpp)
+    assert isinstance(load_chat_model(str(trained)), LlamaCpp)
     (trained / "agent.json").write_text("[1, 2]")
     with pytest.raises(ConfigError, match="agent.json"):
-        llm.load_chat_model(str(trained))
+        load_chat_model(str(trained))
 
-    monkeypatch.setattr(llm, "DEFAULT_MODEL_DIR", tmp_path / "nothing")
-    assert llm.load_chat_model(None).model_path == llm.bundled_model_path()
+    monkeypatch.setattr(bundled, "DEFAULT_MODEL_DIR", tmp_path / "nothing")
+    assert load_chat_model(None).model_path == bundled_model_path()

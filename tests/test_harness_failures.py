@@ -17,8 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from recthinker.agent.llm import LLMServerError
-from recthinker.agent.llm_openai import OpenAICompatible
 from recthinker.agent.loop import AgentConfig, RecThinker, run_safely
 from recthinker.errors import RecThinkerError
 from recthinker.eval.harness import (
@@ -29,6 +27,8 @@ from recthinker.eval.harness import (
     evaluate,
     read_rows,
 )
+from recthinker.llm import LLMServerError
+from recthinker.llm.openai import OpenAICompatible
 from recthinker.types import Episode, Ranking
 from test_harness import RANKS, ScriptedRanker, make_episode, put_at, rows_of
 

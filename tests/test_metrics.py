@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from recthinker.eval.metrics import (
+from recthinker.metrics import (
     hit_at_k,
     kendall_tau,
     mean_ci95,

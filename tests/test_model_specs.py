@@ -11,16 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recthinker.agent import llm
-from recthinker.agent.llm import (
+from recthinker import llm
+from recthinker.errors import ConfigError
+from recthinker.llm import (
     LLMServerError,
     ModelLoadError,
     bundled_model_path,
     load_chat_model,
-    parse_server_url,
 )
-from recthinker.agent.llm_llamacpp import LlamaCpp, check_gguf, read_gguf_header, start_server
-from recthinker.errors import ConfigError
+from recthinker.llm.base import parse_server_url
+from recthinker.llm.bundled import BUNDLED_HF_NAME
+from recthinker.llm.llamacpp import LlamaCpp, check_gguf, read_gguf_header, start_server
 
 
 @pytest.fixture
@@ -309,10 +310,10 @@ def test_broken_adapter_folders(tmp_path: Path) -> None:
 def test_bundled_adapter_with_broken_weights_fails_before_export(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from recthinker.train import export
+    from recthinker.llm import export
 
     monkeypatch.setattr(export, "adapter_gguf", lambda d: pytest.fail("export reached"))
-    adapter = _adapter(tmp_path / "trained", f"/somewhere/{llm.BUNDLED_HF_NAME}")
+    adapter = _adapter(tmp_path / "trained", f"/somewhere/{BUNDLED_HF_NAME}")
     _safetensors(adapter / "adapter_model.safetensors", cut=1)
     assert "truncated" in _raise_message(str(adapter))
     (adapter / "adapter_model.safetensors").unlink()

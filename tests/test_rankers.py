@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recthinker.agent.llm import ChatResult
 from recthinker.agent.loop import AgentConfig
 from recthinker.agent.pointwise import PointwiseRanker
 from recthinker.agent.rankers import AgentRanker, fixed_workflow_calls, tau_vs_signal
+from recthinker.llm import ChatResult
 from recthinker.tools.env import RecEnv
 from recthinker.tools.resources import load_resources
 

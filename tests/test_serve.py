@@ -17,8 +17,8 @@ import pytest
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from recthinker.agent.llm import ChatResult  # noqa: E402
 from recthinker.agent.loop import AgentConfig  # noqa: E402
+from recthinker.llm import ChatResult  # noqa: E402
 from recthinker.serve.app import create_app  # noqa: E402
 from recthinker.tools.resources import load_resources  # noqa: E402
 

@@ -11,10 +11,10 @@ import pytest
 pytest.importorskip("trl")
 pytest.importorskip("peft")
 
-from recthinker.agent.llm import parse_hermes_tool_calls  # noqa: E402
 from recthinker.agent.loop import AgentConfig, system_prompt  # noqa: E402
 from recthinker.agent.prompting import render_for_prompt_mode  # noqa: E402
 from recthinker.agent.trajectory import Trajectory  # noqa: E402
+from recthinker.llm import parse_hermes_tool_calls  # noqa: E402
 from recthinker.train.grpo import grpo_row, run_grpo  # noqa: E402
 from recthinker.train.model import tiny_test_model  # noqa: E402
 from recthinker.train.sft import build_sft_trainer, run_sft, sft_dataset, training_row  # noqa: E402
@@ -114,7 +114,7 @@ def test_llamacpp_renders_what_training_rendered(tokenizer) -> None:
     the agent's prompt-mode messages that template writes exactly the text SFT and GRPO trained on."""
     import gguf
 
-    from recthinker.agent.llm import bundled_model_path
+    from recthinker.llm import bundled_model_path
 
     field = gguf.GGUFReader(bundled_model_path()).fields["tokenizer.chat_template"]
     smollm2 = bytes(field.parts[field.data[0]]).decode()

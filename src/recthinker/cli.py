@@ -229,8 +229,8 @@ def build_ranker(
 
         ranker = make_teacher_ranker(bench, name, seed=args.seed)
     elif kind in LLM_RANKERS:
-        from recthinker.agent.llm import load_chat_model
         from recthinker.agent.rankers import make_llm_ranker
+        from recthinker.llm import load_chat_model
 
         spec = model if model is not None else args.model
         models = {} if models is None else models
@@ -245,11 +245,12 @@ def build_ranker(
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from recthinker.agent.llm import load_chat_model
     from recthinker.agent.loop import RecThinker
     from recthinker.agent.rankers import default_config
-    from recthinker.agent.recommend import make_episode, run_recommend
+    from recthinker.agent.recommend import run_recommend
     from recthinker.data.benchmark import ensure_benchmark
+    from recthinker.llm import load_chat_model
+    from recthinker.tools.candidates import make_episode
     from recthinker.tools.env import RecEnv
     from recthinker.tools.resources import load_resources
 

@@ -23,11 +23,11 @@ import pandas as pd
 
 from recthinker.agent.evidence import evidence_ranking, evidence_signals
 from recthinker.agent.grammar import turn_grammar
-from recthinker.agent.llm import ChatModel, ContextOverflowError, LLMServerError
 from recthinker.agent.parse import parse_ranking, parse_turn
 from recthinker.agent.prompting import render_for_prompt_mode, task_prompt, template, tools_block
 from recthinker.agent.trajectory import Step, ToolCallRecord, Trajectory
 from recthinker.errors import ConfigError
+from recthinker.llm import ChatModel, ContextOverflowError, LLMServerError
 from recthinker.types import Episode, Ranking
 
 MODES = ("agent", "zero-shot", "fixed-workflow")

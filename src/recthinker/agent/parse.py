@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from recthinker.agent.llm import parse_hermes_tool_calls
+from recthinker.llm import parse_hermes_tool_calls
 
 _TAG_RE = {
     tag: re.compile(rf"<{tag}>(.*?)(?:</{tag}>|$)", re.DOTALL | re.IGNORECASE)

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from recthinker.agent.llm import ChatModel, load_chat_model
 from recthinker.agent.loop import AgentConfig, RecThinker
 from recthinker.errors import ConfigError
-from recthinker.eval.metrics import kendall_tau
+from recthinker.llm import ChatModel, load_chat_model
+from recthinker.metrics import kendall_tau
 from recthinker.types import Episode, Ranking
 
 SIGNAL = "cf_als"  # the strongest single tool signal on ML-1M (see benchmarks/bench_tools.py)
@@ -59,7 +59,7 @@ def default_config(kind: str, model: ChatModel) -> AgentConfig:
     (`model.agent_settings`: answer form, turn and tool budgets, history shown). The passive baselines get
     one answer turn plus one correction (LLMRank asks once) and always answer with a permutation.
     """
-    from recthinker.agent.llm import LlamaCpp
+    from recthinker.llm import LlamaCpp
 
     constrained = isinstance(model, LlamaCpp)
     trained = dict(getattr(model, "agent_settings", None) or {})

@@ -46,11 +46,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from recthinker.agent.llm import ContextOverflowError, LLMServerError
 from recthinker.errors import DataError, RecThinkerError
-from recthinker.eval.metrics import hit_at_k, mean_ci95, mrr, ndcg_at_k, target_rank
 from recthinker.eval.report import METRICS, atomic_write_bytes, write_summary
 from recthinker.jsonl import FolderLockedError, folder_lock, load_jsonl
+from recthinker.llm import ContextOverflowError, LLMServerError
+from recthinker.metrics import hit_at_k, mean_ci95, mrr, ndcg_at_k, target_rank
 from recthinker.types import Episode, Ranker, Ranking
 
 log = logging.getLogger(__name__)

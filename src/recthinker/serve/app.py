@@ -42,12 +42,12 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recthinker.agent.llm import ChatModel, LLMServerError
 from recthinker.agent.loop import AgentConfig, RecThinker
 from recthinker.agent.prompting import render_item
-from recthinker.agent.recommend import make_episode, propose_candidates, run_recommend
+from recthinker.agent.recommend import run_recommend
 from recthinker.agent.trajectory import Step, Trajectory
 from recthinker.errors import DataError
+from recthinker.llm import ChatModel, LLMServerError
 from recthinker.serve.schemas import (
     ErrorBody,
     Health,
@@ -56,6 +56,7 @@ from recthinker.serve.schemas import (
     RecommendResponse,
     SampleUser,
 )
+from recthinker.tools.candidates import make_episode, propose_candidates
 from recthinker.tools.env import RecEnv
 from recthinker.types import Episode
 
@@ -674,9 +675,9 @@ def main(
     """
     import uvicorn
 
-    from recthinker.agent.llm import load_chat_model
     from recthinker.agent.rankers import default_config
     from recthinker.data.benchmark import ensure_benchmark
+    from recthinker.llm import load_chat_model
     from recthinker.tools.resources import load_resources
 
     t0 = time.perf_counter()

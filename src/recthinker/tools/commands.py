@@ -16,7 +16,8 @@ import numpy as np
 
 from recthinker.data.benchmark import Benchmark, ensure_benchmark
 from recthinker.errors import ConfigError, DataError, RecThinkerError
-from recthinker.eval.metrics import ndcg_at_k, target_rank
+from recthinker.metrics import ndcg_at_k, target_rank
+from recthinker.tools.candidates import make_episode
 from recthinker.tools.env import Observation, RecEnv
 from recthinker.tools.resources import CF_MODELS, Resources, load_resources
 from recthinker.types import Episode
@@ -88,8 +89,6 @@ def run_tool(
         DataError: an unknown user, an empty, unknown or repeated candidate id, or no candidates given
             for a user without a test episode.
     """
-    from recthinker.agent.recommend import make_episode
-
     arguments = parse_tool_args(args)
     bench = ensure_benchmark(dataset)
     episode_set, episode = _user_episode(bench, user_id)

@@ -4,7 +4,7 @@
 
 1. `valid`: a valid ranking, no crash of our own (`error`), no format problem shown to the model, no
    tool-call error;
-2. `above_threshold`: NDCG@10 of the ranking (recomputed with `eval.metrics`) >= `ndcg_threshold`;
+2. `above_threshold`: NDCG@10 of the ranking (recomputed with `recthinker.metrics`) >= `ndcg_threshold`;
 3. `per_episode`: among an episode's surviving samples, the `per_episode` with the fewest tool calls
    (then higher NDCG@10, then lower sample index);
 4. `deduped`: one trajectory per identical sequence of assistant turns (text + tool calls);

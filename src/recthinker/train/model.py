@@ -22,8 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recthinker.agent.llm import BUNDLED_HF_NAME, bundled_model_path  # llm.py knows our adapters by it
 from recthinker.data.dataset import cache_dir
+from recthinker.llm.bundled import (  # llm/bundled.py knows our adapters by it
+    BUNDLED_HF_NAME,
+    bundled_model_path,
+)
 
 log = logging.getLogger(__name__)
 

@@ -307,17 +307,18 @@ def eval_model(run: Run, adapter: Path | None) -> Any:
     """The `ChatModel` evaluated for `adapter` (None: the untrained model) on the preset's back end.
 
     `llamacpp`: the GGUF -- the bundled one for the untrained model, the adapter merged into it
-    (`train.export.adapter_gguf`) otherwise; the same engine `recommend`, `evaluate` and `serve` run.
+    (`llm.export.adapter_gguf`) otherwise; the same engine `recommend`, `evaluate` and `serve` run.
     `hf`: transformers (+ PEFT) on `device` -- any model folder, slower on a CPU.
     """
     p = run.preset
     if p.eval_backend == "llamacpp":
-        from recthinker.agent.llm import LlamaCpp, adapter_on_llamacpp, bundled_model_path
+        from recthinker.llm import LlamaCpp, bundled_model_path
+        from recthinker.llm.load import adapter_on_llamacpp
 
         if adapter is None:
             return LlamaCpp(bundled_model_path(), n_threads=p.eval_threads)
         return adapter_on_llamacpp(adapter, p.eval_threads)
-    from recthinker.agent.llm_hf import HFChat
+    from recthinker.llm.hf import HFChat
 
     return HFChat(run.model, adapter_dir=adapter, device=p.device, dtype=p.dtype)
 
@@ -477,8 +478,8 @@ def publish_adapter(out: str | Path, dest: str | Path) -> Path:
     """
     import shutil
 
-    from recthinker.agent.llm import BUNDLED_HF_NAME, bundled_model_path
     from recthinker.data.dataset import sha256_file
+    from recthinker.llm.bundled import BUNDLED_HF_NAME, bundled_model_path
 
     out, dest = Path(out).resolve(), Path(dest)
     metrics_path = out / "metrics.json"
@@ -825,6 +826,6 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "--publish",
         default=None,
         metavar="DIR",
-        help="copy the final adapter + manifest there (src/recthinker/agent/default_model: the default model)",
+        help="copy the final adapter + manifest there (src/recthinker/llm/default_model: the default model)",
     )
     s.set_defaults(func=cmd_train)

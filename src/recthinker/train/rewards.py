@@ -31,7 +31,7 @@ from typing import Any
 
 from recthinker.agent.evidence import evidence_ranking, evidence_signals
 from recthinker.agent.parse import ParsedRanking, parse_ranking, parse_turn
-from recthinker.eval.metrics import ndcg_at_k, target_rank
+from recthinker.metrics import ndcg_at_k, target_rank
 
 Completion = str | Sequence[dict[str, Any]]
 RANK1_RANK2_GAP = 1.0 - 1.0 / math.log2(3)  # relative NDCG@k drop from rank 1 to rank 2 (~0.369)

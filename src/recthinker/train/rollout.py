@@ -8,7 +8,7 @@ such as a vLLM server running a teacher LLM).
 
 Each JSONL row is `Trajectory.to_dict()`, so `read_trajectories` reads the file back; `meta` carries the
 sample index, temperature and seed, the episode's split/subset/history length, and the reward-relevant
-numbers computed with `eval.metrics` (target_rank, ndcg@10, hr@10). Sample `k` of an episode runs with
+numbers computed with `recthinker.metrics` (target_rank, ndcg@10, hr@10). Sample `k` of an episode runs with
 `temperatures[k % len(temperatures)]` and seed `seeds[k % len(seeds)]` (default: `k`). A rerun skips the
 (episode_id, sample) pairs already in the file; a truncated last line (killed run) is cut off first, and
 rows that recorded a crash of our own code (`error`) are dropped and retried.
@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 
 from recthinker.agent.loop import AgentConfig, RecThinker, run_safely
 from recthinker.agent.trajectory import Trajectory
-from recthinker.eval.metrics import hit_at_k, ndcg_at_k, target_rank
 from recthinker.jsonl import append_jsonl, load_jsonl
+from recthinker.metrics import hit_at_k, ndcg_at_k, target_rank
 from recthinker.types import Episode
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def teacher_policy(resources, items, weights, config: AgentConfig | None = None)
 
 def model_policy(model: str | Any, resources, items, config: AgentConfig | None = None) -> PolicyFactory:
     """Factory of `RecThinker`s over one shared chat model (`model`: a `ChatModel` or a `load_chat_model` spec)."""
-    from recthinker.agent.llm import load_chat_model
+    from recthinker.llm import load_chat_model
     from recthinker.tools.env import RecEnv
 
     chat = load_chat_model(model) if model is None or isinstance(model, str | Path) else model

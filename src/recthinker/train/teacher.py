@@ -50,9 +50,9 @@ from typing import Any
 
 import numpy as np
 
-from recthinker.agent.llm import ChatResult
 from recthinker.agent.loop import AgentConfig, RecThinker
 from recthinker.agent.parse import parse_turn
+from recthinker.llm import ChatResult
 from recthinker.types import Episode, Ranking
 
 log = logging.getLogger(__name__)

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from recthinker.errors import ConfigError
+from recthinker.llm.bundled import bundled_model_path
 
 log = logging.getLogger(__name__)
 
@@ -277,8 +278,6 @@ def export_gguf(adapter_dir: Path, out_path: Path, base_gguf: Path | None = None
         ConfigError: The adapter or base cannot be merged (see `read_adapter`; non-llama base; shapes).
     """
     from gguf import GGUFReader, GGUFValueType, GGUFWriter, Keys
-
-    from recthinker.agent.llm import bundled_model_path
 
     start = time.perf_counter()
     adapter_dir, out_path = Path(adapter_dir), Path(out_path)

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recthinker.agent.llm import ChatResult, ModelLoadError, parse_hermes_tool_calls
 from recthinker.errors import ConfigError
+from recthinker.llm.base import ChatResult, ModelLoadError, parse_hermes_tool_calls
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from recthinker.agent.llm import (
+from recthinker.llm.base import (
     ChatResult,
     ContextOverflowError,
     LLMServerError,

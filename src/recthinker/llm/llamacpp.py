@@ -28,7 +28,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from recthinker.agent.llm import (
+from recthinker.errors import ConfigError
+from recthinker.llm.base import (
     ChatResult,
     ContextOverflowError,
     LLMServerError,
@@ -38,8 +39,7 @@ from recthinker.agent.llm import (
     check_threads,
     is_context_overflow,
 )
-from recthinker.agent.llm_openai import forced_option_logprob, gbnf_literal
-from recthinker.errors import ConfigError
+from recthinker.llm.openai import forced_option_logprob, gbnf_literal
 
 log = logging.getLogger(__name__)
 
