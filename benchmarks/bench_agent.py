@@ -31,8 +31,8 @@ from recthinker.agent.rankers import AgentRanker, default_config
 from recthinker.data.benchmark import ensure_benchmark
 from recthinker.eval.harness import evaluate
 from recthinker.llm import OpenAICompatible, load_chat_model, serve_llamacpp
+from recthinker.tools.build import load_resources
 from recthinker.tools.env import RecEnv
-from recthinker.tools.resources import load_resources
 from recthinker.train.teacher import BootstrapTeacher, fit_teacher
 
 

@@ -34,7 +34,7 @@ from recthinker.agent.rankers import default_config
 from recthinker.data.benchmark import ensure_benchmark
 from recthinker.llm import load_chat_model
 from recthinker.serve.app import create_app
-from recthinker.tools.resources import load_resources
+from recthinker.tools.build import load_resources
 
 log = logging.getLogger("bench_serve")
 

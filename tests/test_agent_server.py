@@ -12,8 +12,8 @@ from recthinker.agent.loop import AgentConfig, RecThinker
 from recthinker.agent.rankers import AgentRanker
 from recthinker.eval.harness import evaluate
 from recthinker.llm import OpenAICompatible, bundled_model_path, serve_llamacpp
+from recthinker.tools.build import load_resources
 from recthinker.tools.env import RecEnv
-from recthinker.tools.resources import load_resources
 
 
 @pytest.fixture(scope="module")

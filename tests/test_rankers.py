@@ -9,8 +9,8 @@ from recthinker.agent.loop import AgentConfig
 from recthinker.agent.pointwise import PointwiseRanker
 from recthinker.agent.rankers import AgentRanker, fixed_workflow_calls, tau_vs_signal
 from recthinker.llm import ChatResult
+from recthinker.tools.build import load_resources
 from recthinker.tools.env import RecEnv
-from recthinker.tools.resources import load_resources
 
 
 class Scripted:

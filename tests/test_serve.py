@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from recthinker.agent.loop import AgentConfig  # noqa: E402
 from recthinker.llm import ChatResult  # noqa: E402
 from recthinker.serve.app import create_app  # noqa: E402
-from recthinker.tools.resources import load_resources  # noqa: E402
+from recthinker.tools.build import load_resources  # noqa: E402
 
 TOOL_TURN = (
     "<analyze>I know the recent history but not how the candidates relate to it.</analyze>"

@@ -40,7 +40,7 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from recthinker.agent.loop import AgentConfig  # noqa: E402
 from recthinker.serve.app import create_app  # noqa: E402
-from recthinker.tools.resources import load_resources  # noqa: E402
+from recthinker.tools.build import load_resources  # noqa: E402
 from test_serve import ScriptedServeModel  # noqa: E402
 from test_serve_limits import free_port, serving  # noqa: E402
 

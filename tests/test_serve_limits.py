@@ -27,7 +27,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from recthinker.agent.loop import AgentConfig  # noqa: E402
 from recthinker.llm.openai import OpenAICompatible  # noqa: E402
 from recthinker.serve.app import MAX_BODY_BYTES, create_app  # noqa: E402
-from recthinker.tools.resources import load_resources  # noqa: E402
+from recthinker.tools.build import load_resources  # noqa: E402
 from test_serve import CANDS, ScriptedServeModel, sse_events  # noqa: E402
 
 

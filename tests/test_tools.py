@@ -16,9 +16,9 @@ from recthinker.data.benchmark import Benchmark, ensure_benchmark
 from recthinker.data.log import InteractionLog
 from recthinker.errors import ConfigError, DataError, RecThinkerError
 from recthinker.tools import collab
+from recthinker.tools.build import build_resources, load_resources
 from recthinker.tools.commands import ToolError, bench_tools, run_tool
 from recthinker.tools.env import MAX_CHARS, TOOL_NAMES, RecEnv, clip
-from recthinker.tools.resources import build_resources, load_resources
 from recthinker.types import Episode
 
 LEAK_SETS = ("dense/test", "sparse/test", "dense/valid", "sparse/valid")

@@ -12,8 +12,8 @@ from recthinker.agent.parse import parse_ranking, parse_turn
 from recthinker.agent.trajectory import Step, ToolCallRecord, Trajectory, read_trajectories
 from recthinker.data.benchmark import Benchmark
 from recthinker.metrics import kendall_tau, ndcg_at_k
+from recthinker.tools.build import load_resources
 from recthinker.tools.env import TOOL_NAMES, RecEnv
-from recthinker.tools.resources import load_resources
 from recthinker.train.episodes import (
     full_background,
     held_out,

@@ -250,9 +250,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from recthinker.agent.recommend import run_recommend
     from recthinker.data.benchmark import ensure_benchmark
     from recthinker.llm import load_chat_model
+    from recthinker.tools.build import load_resources
     from recthinker.tools.candidates import make_episode
     from recthinker.tools.env import RecEnv
-    from recthinker.tools.resources import load_resources
 
     bench = ensure_benchmark(args.dataset)
     resources = load_resources(bench, "dense/test", seed=args.seed)

@@ -122,7 +122,7 @@ def make_llm_ranker(
 
     `model` is a `load_chat_model` spec or an already loaded `ChatModel` (shared between rankers).
     """
-    from recthinker.tools.resources import load_resources
+    from recthinker.tools.build import load_resources
 
     if kind not in (
         "agent",

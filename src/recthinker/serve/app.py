@@ -678,7 +678,7 @@ def main(
     from recthinker.agent.rankers import default_config
     from recthinker.data.benchmark import ensure_benchmark
     from recthinker.llm import load_chat_model
-    from recthinker.tools.resources import load_resources
+    from recthinker.tools.build import load_resources
 
     t0 = time.perf_counter()
     bench = ensure_benchmark(dataset)

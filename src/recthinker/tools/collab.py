@@ -1,5 +1,5 @@
 """Collaborative signals from the background log: similar users, item co-interaction relations, CF model
-scores. Builders (run once per background by `resources.build_index`), pure signal functions that return
+scores. Builders (run once per background by `build.build_index`), pure signal functions that return
 numbers per candidate (the bootstrap teacher combines these), and renderers that turn them into the short
 text the model sees.
 

@@ -17,9 +17,10 @@ import numpy as np
 from recthinker.data.benchmark import Benchmark, ensure_benchmark
 from recthinker.errors import ConfigError, DataError, RecThinkerError
 from recthinker.metrics import ndcg_at_k, target_rank
+from recthinker.tools.build import load_resources
 from recthinker.tools.candidates import make_episode
 from recthinker.tools.env import Observation, RecEnv
-from recthinker.tools.resources import CF_MODELS, Resources, load_resources
+from recthinker.tools.resources import CF_MODELS, Resources
 from recthinker.types import Episode
 
 log = logging.getLogger(__name__)

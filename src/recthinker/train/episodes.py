@@ -161,7 +161,7 @@ def training_background(bench: Benchmark, episodes: Sequence[Episode]) -> Intera
 
 def training_resources(bench: Benchmark, episodes: Sequence[Episode], *, seed: int = 42):
     """`Resources` over `training_background(bench, episodes)`: tools for training rollouts and GRPO."""
-    from recthinker.tools.resources import build_resources
+    from recthinker.tools.build import build_resources
 
     return build_resources(
         training_background(bench, episodes),

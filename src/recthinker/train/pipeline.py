@@ -346,7 +346,7 @@ def _ranker(run: Run, name: str, adapter: Path | None, resources) -> Any:
 
 def _evaluate(run: Run, folder: Path, name: str, adapter: Path | None) -> dict[str, Any]:
     from recthinker.eval.harness import evaluate
-    from recthinker.tools.resources import load_resources
+    from recthinker.tools.build import load_resources
 
     p = run.preset
     by_set = {}
@@ -571,7 +571,7 @@ def _episodes_and_resources(args: argparse.Namespace):
 
     bench = ensure_benchmark(args.dataset)
     if args.set:
-        from recthinker.tools.resources import load_resources
+        from recthinker.tools.build import load_resources
 
         episodes = bench.episodes(args.set)
         return (

@@ -490,7 +490,7 @@ def make_teacher_ranker(
     bench, episode_set: str, *, seed: int = 42, n_fit: int = 1000, fit_seed: int = 0
 ) -> TeacherRanker:
     """A `TeacherRanker` over the tools of `episode_set`, with weights fitted on training episodes."""
-    from recthinker.tools.resources import load_resources
+    from recthinker.tools.build import load_resources
 
     weights = fit_teacher(bench, n_episodes=n_fit, seed=fit_seed)
     return TeacherRanker(load_resources(bench, episode_set, seed=seed), bench.items, weights)

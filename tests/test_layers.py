@@ -1,0 +1,126 @@
+"""The package's layers point one way: every `recthinker` import (module- or function-level) goes down.
+
+    types, errors, jsonl, argtypes, metrics  ->  data  ->  baselines  ->  tools  ->  llm  ->  agent
+        ->  rankers  ->  {eval, train, serve, cli}
+
+A module may import its own layer and the layers below it, never one above; and no set of modules imports
+each other in a cycle. Both are read from the source (ast), so a function-level import counts like any other.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+LAYERS = (
+    {"recthinker", "types", "errors", "jsonl", "argtypes", "metrics"},
+    {"data"},
+    {"baselines"},
+    {"tools"},
+    {"llm"},
+    {"agent"},
+    {"rankers"},
+    {"eval", "train", "serve", "cli"},
+)
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> int:
+    """The layer of `recthinker.X...` by its first component X (the package itself is layer 0)."""
+    parts = module.split(".")
+    top = parts[1] if len(parts) > 1 else "recthinker"
+    for i, names in enumerate(LAYERS):
+        if top in names:
+            return i
+    raise AssertionError(f"{module}: {top!r} is in no layer; add it to LAYERS in tests/test_layers.py")
+
+
+def imports_of(path: Path, modules: set[str]) -> list[tuple[str, int]]:
+    """(imported recthinker module, line) for every import statement in `path`, at any depth."""
+    me = module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against this module's package
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:  # `from recthinker.x import y` may name a submodule y
+                sub = f"{base}.{alias.name}"
+                found.append((sub if sub in modules else base, node.lineno))
+    return [(m, line) for m, line in found if m == "recthinker" or m.startswith("recthinker.")]
+
+
+def graph() -> dict[str, list[tuple[str, int]]]:
+    files = sorted(SRC.joinpath("recthinker").rglob("*.py"))
+    modules = {module_name(f) for f in files}
+    return {module_name(f): imports_of(f, modules) for f in files}
+
+
+def test_every_import_points_down():
+    upward = set()
+    for module, imports in graph().items():
+        for target, line in imports:
+            if layer_of(target) > layer_of(module):
+                upward.add(f"{module}:{line} imports {target}")
+    assert not upward, "imports that point up a layer:\n" + "\n".join(sorted(upward))
+
+
+def test_no_import_cycles():
+    edges: dict[str, set[str]] = defaultdict(set)
+    for module, imports in graph().items():
+        for target, _ in imports:
+            if target != module and target != "recthinker":
+                edges[module].add(target)
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append([*path[path.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [("recthinker.types", 0), ("recthinker.data.atomic", 1), ("recthinker.cli", 7), ("recthinker", 0)],
+)
+def test_layer_of(module, expected):
+    assert layer_of(module) == expected
+
+
+def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
+    pkg = tmp_path / "recthinker" / "tools"
+    pkg.mkdir(parents=True)
+    src = "def f():\n    from recthinker.agent import loop\n    from ..eval import harness\n"
+    (pkg / "x.py").write_text(src)
+    global SRC
+    old, SRC = SRC, tmp_path
+    try:
+        found = imports_of(pkg / "x.py", {"recthinker.agent.loop", "recthinker.eval.harness"})
+    finally:
+        SRC = old
+    assert found == [("recthinker.agent.loop", 2), ("recthinker.eval.harness", 3)]
