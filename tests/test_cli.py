@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +133,23 @@ def test_ranker_specs_name_models_and_reject_bad_labels() -> None:
     for bad in ("agent@", "x/y=agent", "agent@outputs/run/adapter"):
         with pytest.raises(RecThinkerError):
             parse_ranker_spec(bad)
+
+
+def test_training_verbs_parse_here_and_pipeline_holds_stages_only() -> None:
+    import ast
+
+    from recthinker.train import pipeline
+
+    argv = {
+        "rollout": ["--policy", "teacher", "--out", "x"],
+        "filter": ["--in", "x", "--out", "y"],
+        "sft": ["--data", "x", "--out", "y"],
+        "grpo": ["--model", "x", "--episodes", "2", "--out", "y"],
+        "train": ["--preset", "smoke", "--out", "x"],
+    }
+    for verb, rest in argv.items():
+        func = build_parser().parse_args([verb, *rest]).func
+        assert (func.__module__, func.__name__) == ("recthinker.cli", f"cmd_{verb}")
+    tree = ast.parse(Path(pipeline.__file__).read_text(encoding="utf-8"))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "argparse" not in imported and "Namespace" not in ast.unparse(tree)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 
+from recthinker.cli import build_parser
 from recthinker.errors import ConfigError
-from recthinker.train.pipeline import CONTRACT, TRAINED, add_subcommands
+from recthinker.train.pipeline import CONTRACT, TRAINED
 from recthinker.train.presets import PRESETS, SMOKE, TrainPreset, with_overrides
 
 VERBS = ("rollout", "filter", "sft", "grpo", "train")
@@ -37,22 +37,16 @@ TINY = {
 }
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="recthinker")
-    add_subcommands(p.add_subparsers(dest="verb", required=True))
-    return p
-
-
 @pytest.mark.parametrize("verb", VERBS)
 def test_each_verb_has_help(verb: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        parser().parse_args([verb, "--help"])
+        build_parser().parse_args([verb, "--help"])
     assert exit_info.value.code == 0
     assert "--out" in capsys.readouterr().out
 
 
 def test_train_arguments_parse_into_a_preset() -> None:
-    args = parser().parse_args(["train", "--preset", "smoke", "--out", "x", "--set", "sft_max_steps=2"])
+    args = build_parser().parse_args(["train", "--preset", "smoke", "--out", "x", "--set", "sft_max_steps=2"])
     assert args.func.__name__ == "cmd_train"
     preset = with_overrides(PRESETS[args.preset], args.set)
     assert preset.sft_max_steps == 2 and preset.eval_sets == SMOKE.eval_sets
@@ -178,14 +172,14 @@ def test_train_pipeline_end_to_end_and_resume(tiny_benchmark, tiny_model: Path, 
 def test_rollout_and_filter_verbs(tiny_benchmark, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = str(tiny_benchmark.root)
     rollout_path, sft_path = tmp_path / "rollout.jsonl", tmp_path / "sft.jsonl"
-    args = parser().parse_args(
+    args = build_parser().parse_args(
         ["rollout", "--policy", "teacher", "--dataset", root, "--episodes", "6", "--teacher-fit", "6"]
         + ["--out", str(rollout_path)]
     )
     assert args.func(args) == 0
     rows = [json.loads(line) for line in rollout_path.read_text().splitlines()]
     assert len(rows) == 6 and all(r["meta"]["split"] == "train" for r in rows)
-    args = parser().parse_args(
+    args = build_parser().parse_args(
         ["filter", "--in", str(rollout_path), "--out", str(sft_path), "--ndcg-threshold", "0"]
     )
     assert args.func(args) == 0
@@ -193,6 +187,18 @@ def test_rollout_and_filter_verbs(tiny_benchmark, tmp_path: Path, capsys: pytest
     report = json.loads(printed[printed.index("{") : printed.rindex("}") + 1])
     assert report["in"] == 6 and report["balanced"] == len(sft_path.read_text().splitlines()) >= 1
     assert {"messages", "tools"} <= set(json.loads(sft_path.read_text().splitlines()[0]))
-    args = parser().parse_args(["filter", "--in", str(tmp_path / "missing.jsonl"), "--out", str(sft_path)])
+    args = build_parser().parse_args(
+        ["filter", "--in", str(tmp_path / "missing.jsonl"), "--out", str(sft_path)]
+    )
     with pytest.raises(ConfigError, match="no such rollout file"):
         args.func(args)
+
+
+def test_episodes_and_resources_take_a_set_or_a_count(tiny_benchmark) -> None:
+    from recthinker.train.pipeline import episodes_and_resources
+
+    root = str(tiny_benchmark.root)
+    bench, episodes, resources = episodes_and_resources(root, set_name="dense/valid", n_episodes=2)
+    assert len(episodes) == 2 and episodes == bench.episodes("dense/valid")[:2] and resources is not None
+    with pytest.raises(ConfigError, match="--episodes N"):
+        episodes_and_resources(root)

@@ -1,4 +1,13 @@
-"""The training pipeline end to end, resumable stage by stage, and its command-line verbs.
+"""The training stages, and the pipeline that runs them end to end, resumable stage by stage.
+
+Only stages live here: functions with typed arguments. The command-line verbs that call them live in
+`recthinker.cli` (the only module that parses argv):
+
+- `recthinker train`   -> `run_pipeline` (every stage below), then `publish_adapter` with `--publish`;
+- `recthinker rollout` -> `episodes_and_resources`, then `train.rollout.rollout`;
+- `recthinker sft`     -> `fitting_rows`, then `train.sft.run_sft`;
+- `recthinker grpo`    -> `episodes_and_resources`, then `train.grpo.run_grpo`;
+- `recthinker filter`  -> `train.filtering.filter_trajectories` directly.
 
     recthinker train --preset smoke --out outputs/train-smoke              # ML-1M, SmolLM2-135M, CPU
     recthinker train --preset cpu --out outputs/train-cpu --set sft_max_steps=60
@@ -22,11 +31,16 @@ Stages (each writes `DIR/stages/<stage>.json` when it finishes; a rerun skips a 
 "mean_tool_calls", "hr@10", "n", "by_set": {...}}}` plus `filter` (survivors per stage) and `timings_s`;
 `DIR/config.json` the resolved preset; `DIR/summary.md` a readable report; `DIR/stages.json` which
 stages this invocation ran or skipped.
+
+Why one file of ~600 lines: it reads top to bottom in the order the stages run (the `Run` and its cached
+inputs, each stage as a short function over it, evaluation, `run_pipeline`, then the run's outputs:
+`publish_adapter` and `summary_markdown`). The work itself is in the modules each stage calls
+(`teacher`, `rollout`, `filtering`, `sft`, `grpo`, `eval.harness`); splitting the stages apart would
+scatter that one order across files.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -36,9 +50,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from recthinker import argtypes
 from recthinker.errors import ConfigError, RecThinkerError
-from recthinker.train.presets import CLASSIC, PRESETS, TrainPreset, with_overrides
+from recthinker.train.presets import CLASSIC, TrainPreset
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +206,34 @@ def fitting_rows(
         text = tokenizer.apply_chat_template(r["messages"], tools=r["tools"] or None, tokenize=False)
         lengths.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
     return [r for r, n in zip(rows, lengths, strict=True) if n <= max_length], lengths
+
+
+def episodes_and_resources(
+    dataset: str, *, set_name: str | None = None, n_episodes: int = 0, seed: int = 0
+) -> tuple[Any, list, Any]:
+    """(benchmark, episodes, resources) for the `rollout` and `grpo` verbs.
+
+    With `set_name`: that benchmark episode set (its first `n_episodes`; 0 = all) and its tools. Without:
+    `n_episodes` training episodes (drawn with `seed`) over the training background.
+    """
+    from recthinker.data.benchmark import ensure_benchmark
+
+    bench = ensure_benchmark(dataset)
+    if set_name:
+        from recthinker.tools.build import load_resources
+
+        episodes = bench.episodes(set_name)
+        return (
+            bench,
+            episodes[:n_episodes] if n_episodes else episodes,
+            load_resources(bench, set_name),
+        )
+    from recthinker.train.episodes import make_training_episodes, training_resources
+
+    if not n_episodes:
+        raise ConfigError("--episodes N (training episodes) is required without --set")
+    episodes = make_training_episodes(bench, n_episodes, seed)
+    return bench, episodes, training_resources(bench, episodes)
 
 
 def _sft(run: Run, folder: Path, data: list[Path]) -> dict[str, Any]:
@@ -560,272 +601,3 @@ def summary_markdown(metrics: dict[str, Any], config: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-# ---- command-line verbs (registered by cli.build_parser through `add_subcommands`) -------------------------
-
-
-def _episodes_and_resources(args: argparse.Namespace):
-    """(benchmark, episodes, resources): training episodes over the training background, or a benchmark set."""
-    from recthinker.data.benchmark import ensure_benchmark
-
-    bench = ensure_benchmark(args.dataset)
-    if args.set:
-        from recthinker.tools.build import load_resources
-
-        episodes = bench.episodes(args.set)
-        return (
-            bench,
-            episodes[: args.episodes] if args.episodes else episodes,
-            load_resources(bench, args.set),
-        )
-    from recthinker.train.episodes import make_training_episodes, training_resources
-
-    if not args.episodes:
-        raise ConfigError("--episodes N (training episodes) is required without --set")
-    episodes = make_training_episodes(bench, args.episodes, args.seed)
-    return bench, episodes, training_resources(bench, episodes)
-
-
-def cmd_rollout(args: argparse.Namespace) -> int:
-    from recthinker.agent.loop import AgentConfig
-    from recthinker.train.rollout import model_policy, rollout, teacher_policy
-
-    bench, episodes, resources = _episodes_and_resources(args)
-    config = AgentConfig(
-        max_steps=args.max_steps, max_tool_calls=args.max_tool_calls, max_tokens=args.max_tokens
-    )
-    if args.policy == "teacher":
-        from recthinker.train.teacher import fit_teacher
-
-        weights = fit_teacher(bench, n_episodes=args.teacher_fit, seed=0)
-        factory = teacher_policy(resources, bench.items, weights, config)
-    else:
-        factory = model_policy(args.policy, resources, bench.items, config)
-    out = rollout(
-        episodes,
-        factory,
-        Path(args.out),
-        n_samples=args.samples,
-        temperatures=args.temperature,
-        workers=args.workers,
-    )
-    print(f"wrote {out} ({len(episodes)} episodes x {args.samples} samples)")
-    return 0
-
-
-def cmd_filter(args: argparse.Namespace) -> int:
-    from recthinker.train.filtering import filter_trajectories, write_sft_dataset
-    from recthinker.train.rollout import read_rollout
-
-    if not Path(args.input).is_file():
-        raise ConfigError(f"--in {args.input}: no such rollout file")
-    kept, report = filter_trajectories(
-        read_rollout(args.input),
-        args.ndcg_threshold,
-        per_episode=args.per_episode,
-        balance=not args.no_balance,
-        balance_ratio=args.balance_ratio,
-        seed=args.seed,
-    )
-    write_sft_dataset(kept, Path(args.out))
-    print(json.dumps(report, indent=2))
-    print(f"wrote {args.out} ({len(kept)} rows)")
-    return 0
-
-
-def cmd_sft(args: argparse.Namespace) -> int:
-    from recthinker.train.sft import run_sft
-
-    if not Path(args.data).is_file():
-        raise ConfigError(f"--data {args.data}: no such SFT dataset")
-    model = _model_dir(args.model)
-    rows = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line]
-    fit, lengths = fitting_rows(rows, model, args.max_length)
-    if not fit:
-        raise RecThinkerError(
-            f"no row of {args.data} fits --max-length {args.max_length} (shortest {min(lengths, default=0)})"
-        )
-    adapter = run_sft(
-        fit,
-        model,
-        Path(args.out),
-        lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        max_steps=args.max_steps,
-        num_train_epochs=args.epochs,
-        per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum,
-        learning_rate=args.learning_rate,
-        max_length=args.max_length,
-        gradient_checkpointing=args.gradient_checkpointing,
-    )
-    print(
-        f"wrote {adapter} ({len(fit)} rows; {len(rows) - len(fit)} longer than {args.max_length} tokens dropped)"
-    )
-    return 0
-
-
-def cmd_grpo(args: argparse.Namespace) -> int:
-    from recthinker.agent.loop import AgentConfig
-    from recthinker.tools.env import RecEnv
-    from recthinker.train.grpo import grpo_row, run_grpo
-
-    args.set = None
-    bench, episodes, resources = _episodes_and_resources(args)
-    if not Path(args.model).is_dir():
-        raise ConfigError(f"--model {args.model}: not a model or adapter folder")
-    config = AgentConfig(max_steps=args.max_steps, max_tool_calls=args.max_tool_calls)
-    RecEnv.configure(resources)
-    try:
-        adapter = run_grpo(
-            [grpo_row(e, bench.items, config) for e in episodes],
-            Path(args.model),
-            Path(args.out),
-            RecEnv,
-            max_steps=args.grpo_steps,
-            num_generations=args.num_generations,
-            per_device_train_batch_size=args.num_generations,
-            max_completion_length=args.max_completion_length,
-            max_tool_calling_iterations=max(1, args.max_steps - 1),
-            learning_rate=args.learning_rate,
-            gradient_checkpointing=args.gradient_checkpointing,
-            seed=args.seed,
-        )
-    finally:
-        RecEnv.configure(None)
-    print(f"wrote {adapter}")
-    return 0
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    preset = with_overrides(PRESETS[args.preset], args.set or [])
-    metrics = run_pipeline(preset, Path(args.out), dataset=args.dataset, model=args.model)
-    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
-    if args.publish:
-        print(f"published the final adapter to {publish_adapter(args.out, args.publish)}")
-    print(json.dumps({k: {m: metrics[k][m] for m in CONTRACT} for k in metrics if k in TRAINED}, indent=2))
-    return 0
-
-
-def _model_dir(model: str | None) -> Path:
-    if model is None:
-        from recthinker.train.model import bundled_hf_model
-
-        return bundled_hf_model()
-    if not Path(model).is_dir():
-        raise ConfigError(f"--model {model}: not a local transformers model folder")
-    return Path(model)
-
-
-def _checkpointing_option(s: argparse.ArgumentParser) -> None:
-    s.add_argument(
-        "--gradient-checkpointing", action="store_true", help="recompute activations (large models; slower)"
-    )
-
-
-def _agent_options(s: argparse.ArgumentParser) -> None:
-    s.add_argument(
-        "--max-steps", type=argtypes.count, default=4, help="assistant turns per episode, answer included"
-    )
-    s.add_argument("--max-tool-calls", type=argtypes.limit, default=4, help="tool-call budget per episode")
-
-
-def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    """Register `rollout`, `filter`, `sft`, `grpo` and `train` on the `recthinker` subparsers."""
-    s = sub.add_parser("rollout", help="sample agent trajectories (teacher or a model) into a JSONL file")
-    s.add_argument(
-        "--policy", required=True, help="teacher | a model/adapter folder | .gguf file | server URL"
-    )
-    s.add_argument("--dataset", default="ml-1m", help="bundled dataset name or prepared benchmark folder")
-    s.add_argument(
-        "--episodes", type=argtypes.limit, default=0, help="training episodes to build (or first N of --set)"
-    )
-    s.add_argument(
-        "--set", default=None, help="roll out on a benchmark episode set instead (e.g. dense/valid)"
-    )
-    s.add_argument("--samples", type=argtypes.count, default=1, help="trajectories per episode")
-    s.add_argument(
-        "--temperature",
-        type=argtypes.real(0),
-        nargs="+",
-        default=[0.0],
-        help="sample k uses the k-th (cycled)",
-    )
-    s.add_argument("--workers", type=argtypes.workers, default=1)
-    s.add_argument("--max-tokens", type=argtypes.count, default=384, help="tokens per assistant turn")
-    s.add_argument(
-        "--teacher-fit",
-        type=argtypes.count,
-        default=1000,
-        help="teacher: training episodes its weights fit on",
-    )
-    s.add_argument("--seed", type=argtypes.seed, default=0, help="training-episode seed")
-    s.add_argument("--out", required=True, help="rollout JSONL (resumed when it exists)")
-    _agent_options(s)
-    s.set_defaults(func=cmd_rollout)
-
-    s = sub.add_parser(
-        "filter", help="keep good trajectories, write the SFT dataset, print survivors per stage"
-    )
-    s.add_argument("--in", dest="input", required=True, help="rollout JSONL")
-    s.add_argument("--out", required=True, help="SFT dataset JSONL ({messages, tools} rows)")
-    s.add_argument("--ndcg-threshold", type=argtypes.real(0, 1), default=0.6)
-    s.add_argument("--per-episode", type=argtypes.count, default=1, help="demonstrations kept per episode")
-    s.add_argument("--no-balance", action="store_true", help="do not balance dense-/sparse-like episodes")
-    s.add_argument("--balance-ratio", type=argtypes.real(0, low_open=True), default=1.0)
-    s.add_argument("--seed", type=argtypes.seed, default=0)
-    s.set_defaults(func=cmd_filter)
-
-    s = sub.add_parser("sft", help="LoRA SFT on an SFT dataset")
-    s.add_argument("--data", required=True, help="SFT dataset JSONL (from `filter`)")
-    s.add_argument("--model", default=None, help="base model folder (default: bundled SmolLM2-135M)")
-    s.add_argument("--out", required=True, help="run folder (adapter/, train_log.jsonl, loss.png)")
-    s.add_argument(
-        "--max-steps", type=argtypes.at_least(-1), default=-1, help="optimizer steps (-1: --epochs)"
-    )
-    s.add_argument("--epochs", type=argtypes.real(0, low_open=True), default=1.0)
-    s.add_argument("--batch-size", type=argtypes.count, default=1)
-    s.add_argument("--grad-accum", type=argtypes.count, default=4)
-    s.add_argument("--learning-rate", type=argtypes.real(0, low_open=True), default=5e-4)
-    s.add_argument(
-        "--max-length", type=argtypes.count, default=2048, help="tokens per row; longer rows are dropped"
-    )
-    s.add_argument("--lora-r", type=argtypes.count, default=16)
-    s.add_argument("--lora-alpha", type=argtypes.count, default=32)
-    _checkpointing_option(s)
-    s.set_defaults(func=cmd_sft)
-
-    s = sub.add_parser("grpo", help="GRPO with RecEnv tools from an SFT adapter (or a model folder)")
-    s.add_argument("--model", required=True, help="SFT adapter folder (continued) or model folder (new LoRA)")
-    s.add_argument("--dataset", default="ml-1m")
-    s.add_argument("--episodes", type=argtypes.count, required=True, help="training episodes used as prompts")
-    s.add_argument("--out", required=True, help="run folder (adapter/, train_log.jsonl, rewards.png)")
-    s.add_argument("--grpo-steps", type=argtypes.count, default=10, help="optimizer steps")
-    s.add_argument(
-        "--num-generations", type=argtypes.at_least(2), default=2, help="completions per prompt (group size)"
-    )
-    s.add_argument(
-        "--max-completion-length", type=argtypes.count, default=512, help="tokens, tool results included"
-    )
-    s.add_argument("--learning-rate", type=argtypes.real(0, low_open=True), default=2e-5)
-    s.add_argument("--seed", type=argtypes.seed, default=0)
-    _agent_options(s)
-    _checkpointing_option(s)
-    s.set_defaults(func=cmd_grpo)
-
-    s = sub.add_parser("train", help="the whole pipeline: rollouts -> filter -> SFT -> GRPO -> evaluation")
-    s.add_argument("--preset", choices=sorted(PRESETS), required=True)
-    s.add_argument("--out", required=True, help="run folder (resumed: finished stages are skipped)")
-    s.add_argument("--dataset", default="ml-1m", help="bundled dataset name or prepared benchmark folder")
-    s.add_argument("--model", default=None, help="base model folder (default: bundled SmolLM2-135M)")
-    s.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a preset field (see train/presets.py)"
-    )
-    s.add_argument(
-        "--publish",
-        default=None,
-        metavar="DIR",
-        help="copy the final adapter + manifest there (src/recthinker/llm/default_model: the default model)",
-    )
-    s.set_defaults(func=cmd_train)
