@@ -308,3 +308,31 @@ def test_evidence_answer_form_builds_permutation_from_called_tools():
     assert "promote [3] [7]; demote [2]" in model.seen[0][0]["content"]
     with pytest.raises(Exception, match="needs the agent mode"):
         RecThinker(ScriptedModel([]), None, config=AgentConfig(mode="zero-shot", answer_form="evidence"))
+
+
+def test_a_valid_answer_ends_the_episode_and_the_tool_calls_beside_it_are_ignored():
+    """The rule the GRPO reward follows (`train.rewards.answer_ranking`): the first valid answer counts."""
+    model = ScriptedModel(
+        [
+            "<answer>[1] > [2]</answer>" + call("user_history", k=2),  # invalid: the calls run
+            "<answer>[2] > [1] > [3]</answer>" + call("user_history", k=3),  # valid: the calls are ignored
+            "<answer>[3] > [2] > [1]</answer>",
+        ]
+    )
+    env = FakeEnv()
+    traj = RecThinker(model, env).run(EPISODE)
+    assert traj.valid and traj.ranking == ["b", "a", "c"] and len(traj.steps) == 2
+    assert env.calls == [("user_history", {"k": 2})] and "tool calls ignored" in traj.note
+
+
+def test_answer_to_ranking_is_the_one_reading_of_an_answer():
+    from recthinker.agent.loop import answer_to_ranking
+
+    assert answer_to_ranking("[2] > [3] > [1]", EPISODE.candidates).items == ("b", "c", "a")
+    assert answer_to_ranking("b > c > a", EPISODE.candidates).items == ("b", "c", "a")
+    # the evidence form reads the environment only when there is evidence, and is invalid without one
+    assert not answer_to_ranking("promote [1]", EPISODE.candidates, "evidence").valid
+    no_evidence = answer_to_ranking("promote [1]", EPISODE.candidates, "evidence", env=FakeEnv())
+    assert not no_evidence.valid and "needs evidence" in no_evidence.problems[-1]
+    with pytest.raises(ValueError, match="answer_form"):
+        answer_to_ranking("[1] > [2] > [3]", EPISODE.candidates, "poem")

@@ -8,6 +8,8 @@ mistakes -- malformed tool JSON, unknown tools, bad arguments, invalid or incomp
 observations the model can react to; when no valid answer arrives by `max_steps` the ranking is invalid
 (and scores 0). Our own bugs raise. The same class runs the two passive LLM baselines: `zero-shot`
 (history + candidates, no tools) and `fixed-workflow` (every tool called once in a fixed order, then rank).
+The answer forms live here too, beside the prompt that asks for them: `answer_to_ranking` is the one rule
+that turns an answer into a ranking, for evaluation and for the GRPO reward (`train.rewards`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,7 +25,7 @@ import pandas as pd
 
 from recthinker.agent.evidence import evidence_ranking, evidence_signals
 from recthinker.agent.grammar import turn_grammar
-from recthinker.agent.parse import parse_ranking, parse_turn
+from recthinker.agent.parse import ParsedRanking, parse_ranking, parse_turn
 from recthinker.agent.prompting import render_for_prompt_mode, task_prompt, template, tools_block
 from recthinker.agent.trajectory import Step, ToolCallRecord, Trajectory
 from recthinker.errors import ConfigError
@@ -90,6 +92,45 @@ ANSWER_FORMS = {  # answer form -> (how to answer, the rule about it) in the sys
         "call at least one evidence tool before you answer; promote or demote at most 3 candidates each.",
     ),
 }
+
+
+def answer_to_ranking(
+    answer: str | None,
+    candidates: Sequence[str],
+    answer_form: str = "ranking",
+    *,
+    evidence_calls: Sequence[tuple[str, Mapping[str, Any] | str]] = (),
+    env: ToolEnv | None = None,
+) -> ParsedRanking:
+    """The ranking an `<answer>` stands for: the one rule the loop (so evaluation) and the GRPO reward share.
+
+    - `ranking`: candidate labels or ids, best first (`parse.parse_ranking`).
+    - `evidence`: promote/demote over the base order of the evidence (`evidence.evidence_ranking`): the
+      signals revealed by `evidence_calls`, the successful `(tool, arguments)` calls made *before* this
+      answer, read from the episode's `env` (`RecEnv.signals`). Without `env` it is invalid.
+
+    Never raises on model text: an unusable answer is an invalid ranking (it scores 0).
+
+    >>> answer_to_ranking("[2] > [1]", ["a", "b"]).items
+    ('b', 'a')
+    >>> import numpy as np
+    >>> class Env:  # the episode's environment; only its `signals` are read
+    ...     def signals(self, models=()):
+    ...         return {"item_relations": np.array([1.0, 3.0, 2.0])}
+    >>> calls = [("item_relations", {})]  # relations order b, c, a; [1] = a promoted
+    >>> answer_to_ranking("promote [1]; demote", ["a", "b", "c"], "evidence", evidence_calls=calls, env=Env()).items
+    ('a', 'b', 'c')
+    """
+    if answer_form == "ranking":
+        return parse_ranking(answer, candidates)
+    if answer_form != "evidence":
+        raise ValueError(f"answer_form must be one of {tuple(ANSWER_FORMS)}, got {answer_form!r}")
+    if env is None:
+        return ParsedRanking(items=(), problems=["an evidence answer needs the episode's environment"])
+    keys = evidence_signals(evidence_calls)
+    models = tuple(k.removeprefix("cf_") for k in keys if k.startswith("cf_"))
+    return evidence_ranking(answer, candidates, env.signals(models) if keys else {}, keys)
+
 
 INSTRUCTIONS = {
     "agent": "Investigate with the tools until the evidence suffices, then rank all candidates.",
@@ -258,7 +299,13 @@ class RecThinker:
         )
         assistant: dict[str, Any] = {"role": "assistant", "content": turn.content}
         if turn.answer is not None:
-            parsed = self._parse_answer(traj, turn.answer)
+            parsed = answer_to_ranking(
+                turn.answer,
+                traj.candidates,
+                cfg.answer_form,
+                evidence_calls=[(c.name, c.arguments) for c in traj.tool_calls if c.ok],
+                env=self.env,
+            )
             step.problems = list(parsed.problems)
             if parsed.valid:
                 traj.ranking, traj.valid = list(parsed.items), True
@@ -292,14 +339,6 @@ class RecThinker:
             )
         traj.messages.append(assistant)
         return step
-
-    def _parse_answer(self, traj: Trajectory, answer: str):
-        if self.config.answer_form == "ranking":
-            return parse_ranking(answer, traj.candidates)
-        keys = evidence_signals([(c.name, c.arguments) for c in traj.tool_calls if c.ok])
-        models = tuple(k.removeprefix("cf_") for k in keys if k.startswith("cf_"))
-        signals = self.env.signals(models) if keys else {}
-        return evidence_ranking(answer, traj.candidates, signals, keys)
 
     def _act(self, traj: Trajectory, step: Step, budget: int) -> int:
         """Run the step's tool calls against the environment; return the budget left."""

@@ -1,14 +1,16 @@
 """Reward functions in TRL's shape: `f(completions, **columns) -> list[float | None]`, batch in, list out.
 
 A completion is either a string (one assistant turn) or, in conversational / tool-calling GRPO, a list of
-messages: assistant turns (content + structured `tool_calls`) interleaved with `tool` results. The final
-assistant message holds the `<answer>`. Dataset columns (`target`, `candidates`) arrive as lists, one
-entry per completion.
+messages: assistant turns (content + structured `tool_calls`) interleaved with `tool` results. The answer
+is the first valid `<answer>`, as in the agent loop (`answer_ranking`). Dataset columns (`target`,
+`candidates`) arrive as lists, one entry per completion.
 
-- `ndcg_reward`: NDCG@k of the final answer, computed by the evaluator's own `ndcg_at_k` (evaluation and
-  training agree on what "good" means); an invalid answer scores 0 -- never a fallback order.
+- `ndcg_reward`: NDCG@k of the answer, computed by the evaluator's own `ndcg_at_k` (evaluation and
+  training agree on what "good" means); an invalid answer scores 0 -- never a fallback order. The answer
+  is read as the agent loop reads it (`answer_ranking`): the same turn, the same evidence and the same
+  `agent.loop.answer_to_ranking`, so a completion scores the NDCG evaluation would give it.
 - `format_reward`: the share of well-formed turns (`<analyze>`, `<plan>`, then tool calls or an answer)
-  when the final answer is a valid ranking; -1 when it is not.
+  when the answer is a valid ranking; -1 when it is not.
 - `tool_efficiency_reward`: a penalty for tool calls beyond a budget, scaled by the answer's accuracy.
 
 Why the tool penalty is scaled by accuracy (OTC-PO, Wang et al. 2025, "Acting Less is Reasoning More"):
@@ -24,13 +26,15 @@ every wrong answer (target lower, or invalid) made with no calls, so its advanta
 
 from __future__ import annotations
 
+import inspect
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from recthinker.agent.evidence import evidence_ranking, evidence_signals
-from recthinker.agent.parse import ParsedRanking, parse_ranking, parse_turn
+from recthinker.agent.loop import ANSWER_FORMS, answer_to_ranking
+from recthinker.agent.parse import ParsedRanking, parse_turn
 from recthinker.metrics import ndcg_at_k, target_rank
 
 Completion = str | Sequence[dict[str, Any]]
@@ -41,7 +45,7 @@ RANK1_RANK2_GAP = 1.0 - 1.0 / math.log2(3)  # relative NDCG@k drop from rank 1 t
 class RewardConfig:
     """Weights and parameters of the GRPO reward: ndcg_weight*ndcg + format_weight*format + tool_weight*tool."""
 
-    ndcg_weight: float = 1.0  # weight of NDCG@k of the final answer (in [0, 1])
+    ndcg_weight: float = 1.0  # weight of NDCG@k of the answer (in [0, 1])
     format_weight: float = 0.2  # weight of the format term (in [-1, 1])
     tool_weight: float = 1.0  # weight of the tool-efficiency term (in [-cap, 0])
     k: int = 10  # NDCG cut-off
@@ -57,7 +61,7 @@ class RewardConfig:
             raise ValueError(f"k >= 1 and non-negative tool budget / penalties required: {self}")
         if min(self.ndcg_weight, self.format_weight, self.tool_weight) < 0:
             raise ValueError(f"reward weights must be >= 0: {self}")
-        if self.answer_form not in ("ranking", "evidence"):
+        if self.answer_form not in ANSWER_FORMS:
             raise ValueError(f"answer_form must be 'ranking' or 'evidence', got {self.answer_form!r}")
         if self.tool_weight * self.tool_penalty_cap >= self.ndcg_weight * RANK1_RANK2_GAP:
             raise ValueError(
@@ -91,7 +95,7 @@ def _content(message: dict[str, Any]) -> str:
 
 
 def final_answer(completion: Completion) -> str | None:
-    """The `<answer>` text of the last assistant turn, or None.
+    """The `<answer>` text of the last assistant turn, or None (the reward reads `answer_ranking`'s turn).
 
     >>> final_answer("<analyze>a</analyze><plan>p</plan><answer>[2] > [1]</answer>")
     '[2] > [1]'
@@ -119,26 +123,80 @@ def count_tool_calls(completion: Completion) -> int:
 
 def answer_ranking(
     completion: Completion, candidates: Sequence[str], env: Any = None, answer_form: str = "ranking"
-):
-    """The `ParsedRanking` the final answer stands for, judged as the agent loop judges it.
+) -> ParsedRanking:
+    """The `ParsedRanking` a completion stands for, judged as the agent loop judges it.
 
-    `answer_form="evidence"` (promote/demote, `agent.evidence`) builds the permutation from the signals of the
-    tools `env` (the episode's `RecEnv` after the rollout) ran successfully; without `env` it is invalid.
+    The loop stops at the first turn whose `<answer>` is valid (tool calls made in that turn are ignored), so
+    that answer counts, not the last turn's: TRL runs those calls and lets the model go on. Each answer is
+    read by `agent.loop.answer_to_ranking`; `answer_form="evidence"` (promote/demote) builds the permutation
+    from the tools `env` (the episode's `RecEnv` after the rollout) ran successfully before the answer;
+    without `env` it is invalid.
 
     >>> answer_ranking("<answer>[2] > [1]</answer>", ["a", "b"]).items
+    ('b', 'a')
+    >>> answer_ranking([{"role": "assistant", "content": "<answer>[2] > [1]</answer>"},
+    ...                 {"role": "assistant", "content": "<answer>[1] > [2]</answer>"}], ["a", "b"]).items
     ('b', 'a')
     >>> answer_ranking("<answer>promote [2]</answer>", ["a", "b"], answer_form="evidence").valid
     False
     """
-    answer = final_answer(completion)
-    if answer_form == "ranking":
-        return parse_ranking(answer, list(candidates))
-    if env is None:
-        return ParsedRanking(items=(), problems=["an evidence answer needs the episode's environment"])
-    keys = evidence_signals(env.ok_calls)
-    models = tuple(k.removeprefix("cf_") for k in keys if k.startswith("cf_"))
-    signals = env.signals(models) if keys else {}
-    return evidence_ranking(answer, list(candidates), signals, keys)
+    turns = _assistant_turns(completion)
+    evidence = answer_form == "evidence" and env is not None  # only answer form (c) reads the environment
+    parsed = None
+    for j, message in enumerate(turns):
+        answer = parse_turn(_content(message)).answer
+        if answer is None:
+            continue
+        calls = _ok_calls_before(turns, j, env) if evidence else ()
+        parsed = answer_to_ranking(answer, candidates, answer_form, evidence_calls=calls, env=env)
+        if parsed.valid:
+            return parsed
+    return parsed or answer_to_ranking(None, candidates, answer_form, env=env)
+
+
+def _ok_calls_before(turns: Sequence[dict[str, Any]], j: int, env: Any) -> Sequence[tuple[str, Any]]:
+    """The calls `env` ran successfully before assistant turn `j`: the evidence the loop had at that answer.
+
+    TRL runs a turn's structured `tool_calls`, then generates the next turn, and stops at a turn without
+    calls; so when turn `j` is the last and calls nothing, every call in `env.ok_calls` came before it.
+    Otherwise the earlier turns' calls are matched in order against `env.ok_calls`; a call succeeded iff it
+    is the next successful one (tools are deterministic: an identical call cannot have failed).
+    """
+    ok = list(env.ok_calls)
+    if j == len(turns) - 1 and not turns[j].get("tool_calls"):
+        return ok
+    n = 0
+    for message in turns[:j]:
+        for call in message.get("tool_calls") or ():
+            fn = call.get("function") or {}
+            if n < len(ok) and _same_call(env, fn.get("name"), fn.get("arguments"), ok[n]):
+                n += 1
+    return ok[:n]
+
+
+def _same_call(env: Any, name: Any, arguments: Any, ran: tuple[str, Any]) -> bool:
+    """Whether calling tool `name` with `arguments` is the call `ran` = `(name, arguments)` in `env.ok_calls`.
+
+    `ran` holds the arguments as given or with the tool's defaults filled in; both are accepted.
+    """
+    if name != ran[0]:
+        return False
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments or "{}")
+        except json.JSONDecodeError:
+            return False
+    if not isinstance(arguments, dict):
+        return False
+    try:  # the same binding TRL does when it calls `env.<name>(**arguments)`
+        bound = inspect.signature(getattr(env, name)).bind(**arguments)
+    except (AttributeError, TypeError):
+        return False
+    bound.apply_defaults()
+    ran_args = dict(ran[1])
+    return set(arguments) <= set(ran_args) and all(
+        k in bound.arguments and bound.arguments[k] == v for k, v in ran_args.items()
+    )
 
 
 def _envs(environments: Sequence[Any] | None, n: int) -> Sequence[Any]:
@@ -168,7 +226,7 @@ def ndcg_reward(
     answer_form: str = "ranking",
     **kwargs: Any,
 ) -> list[float | None]:
-    """NDCG@k of the ranking in the final `<answer>`; 0.0 if missing or invalid; None without a target.
+    """NDCG@k of the ranking in the `<answer>` (`answer_ranking`); 0.0 if missing or invalid; None without a target.
 
     >>> ndcg_reward(["<answer>[2] > [3] > [1]</answer>"], ["i1"], [["i1", "i3", "i7"]])
     [0.5]
@@ -189,7 +247,7 @@ def format_reward(
     answer_form: str = "ranking",
     **kwargs: Any,
 ) -> list[float]:
-    """Share of well-formed assistant turns if the final answer is a valid ranking, else -1.0.
+    """Share of well-formed assistant turns if the answer (`answer_ranking`) is a valid ranking, else -1.0.
 
     A turn is well-formed when it has non-empty `<analyze>` and `<plan>`, then tool calls or an `<answer>`,
     and no malformed `<tool_call>` block.
