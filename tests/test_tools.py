@@ -1,9 +1,10 @@
-"""RecEnv and the tools: TRL-shaped discovery, schemas from docstrings, bounded outputs with ids, error
-observations, reset, no leakage of held-out interactions (tiny fixture + ML-1M), index cache, ANN vs
+"""RecEnv and the tools: TRL-shaped discovery, schemas from docstrings, the declarations (`@tool`) that every
+tool list derives from, bounded outputs with ids, error observations, reset, no leakage of held-out interactions (tiny fixture + ML-1M), index cache, ANN vs
 brute force, and the tool commands."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import time
@@ -18,11 +19,11 @@ from recthinker.errors import ConfigError, DataError, RecThinkerError
 from recthinker.tools import collab
 from recthinker.tools.build import build_resources, load_resources
 from recthinker.tools.commands import ToolError, bench_tools, run_tool
-from recthinker.tools.env import MAX_CHARS, TOOL_NAMES, RecEnv, clip
+from recthinker.tools.env import MAX_CHARS, TOOL_NAMES, TOOLS, RecEnv, ToolHost, clip, tool_schemas
 from recthinker.types import Episode
 
 LEAK_SETS = ("dense/test", "sparse/test", "dense/valid", "sparse/valid")
-CALLS = {
+CALLS = {  # one test call per tool: a new tool adds its line (test_every_tool_has_a_test_call)
     "user_profile": {},
     "user_history": {"k": 15},
     "item_info": {"item_ids": ["[1]", "[2]"]},
@@ -39,8 +40,8 @@ def res(tiny_benchmark: Benchmark):
 
 
 @pytest.fixture
-def env(res, tiny_benchmark: Benchmark) -> RecEnv:
-    e = RecEnv(res)
+def host(res, tiny_benchmark: Benchmark) -> ToolHost:
+    e = ToolHost(RecEnv(res))
     e.reset_episode(tiny_benchmark.episodes("dense/test")[0])
     return e
 
@@ -48,19 +49,35 @@ def env(res, tiny_benchmark: Benchmark) -> RecEnv:
 # ---- shape: TRL discovery, schemas --------------------------------------------------------------------
 
 
-def test_trl_discovers_exactly_the_tools():
-    # GRPOTrainer lists tools as the public functions of the environment class, minus reset/get_reward
-    found = {
+def test_trl_discovers_exactly_the_tools(res):
+    # TRL 1.16 lists the public functions of the environment's class, minus reset/get_reward
+    on_class = {
         n
         for n, _ in inspect.getmembers(RecEnv, predicate=inspect.isfunction)
         if not n.startswith("_") and n not in ("reset", "get_reward")
     }
-    assert found == set(TOOL_NAMES)
+    assert on_class == set(TOOL_NAMES)
+    # earlier TRL listed the bound methods of the instance: the host's names must not show there either
+    transition = {"configure", "tool_schemas"}  # legacy classmethods; delete with RecEnv's transition block
+    on_instance = {n for n, _ in inspect.getmembers(RecEnv(res), predicate=inspect.ismethod) if n[0] != "_"}
+    assert on_instance - {"reset"} - transition == set(TOOL_NAMES)
+    assert {"call", "signals", "reset_episode", "ok_calls"}.isdisjoint(dir(RecEnv(res)))
+
+
+def test_trl_gets_a_factory_of_environments(res, tiny_benchmark: Benchmark):
+    factory = functools.partial(RecEnv, res)  # what GRPOTrainer(environment_factory=...) calls, no arguments
+    a, b = factory(), factory()
+    e = tiny_benchmark.episodes("dense/test")[0]
+    a.reset(**e.to_dict())
+    b.reset(**e.to_dict())
+    assert a is not b and a.user_profile() == ToolHost(b).call("user_profile", {}).text
+    with pytest.raises(ConfigError, match="partial"):
+        RecEnv()
 
 
 def test_schemas_build_from_docstrings():
     pytest.importorskip("transformers")
-    schemas = RecEnv.tool_schemas()
+    schemas = tool_schemas()
     assert [s["function"]["name"] for s in schemas] == sorted(TOOL_NAMES)  # alphabetical, as TRL lists them
     for s in schemas:
         fn = getattr(RecEnv, s["function"]["name"])
@@ -75,13 +92,63 @@ def test_schemas_build_from_docstrings():
     assert item_info["function"]["parameters"]["properties"]["item_ids"]["type"] == "array"
 
 
-def test_constructor_without_resources_needs_configure(res):
+# ---- declarations: one @tool method per tool, every list derives from them -------------------------------
+
+
+def test_every_tool_has_a_test_call():
+    assert list(CALLS) == list(TOOL_NAMES) == list(TOOLS)
+
+
+def test_declared_limits_are_the_documented_ones():
+    for spec in TOOLS.values():
+        doc = inspect.getdoc(getattr(RecEnv, spec.name))
+        if spec.max_k:
+            assert "k" in spec.params and f"(1-{spec.max_k})" in doc, spec.name
+        else:
+            assert "k" not in spec.params, spec.name
+
+
+def test_declared_signals_are_signals_the_host_computes(host: ToolHost):
+    keys = set(host.signals(models=("als",)))
+    for spec in TOOLS.values():
+        assert not spec.signal or spec.signal_for({"model": "als"} if "model" in spec.params else {}) in keys
+    assert TOOLS["cf_scores"].signal_for({"model": "sasrec"}) == "cf_sasrec"
+
+
+def test_the_tool_lists_derive_from_the_declarations(host: ToolHost, tiny_benchmark: Benchmark):
+    from recthinker.agent.evidence import evidence_signals
+    from recthinker.agent.rankers import fixed_workflow_calls
+    from recthinker.tools.commands import bench_arguments
+    from recthinker.train.teacher import TOOL_SIGNAL
+
+    e = tiny_benchmark.episodes("dense/test")[0]
+    for calls in (fixed_workflow_calls(e, tiny_benchmark.items), list(bench_arguments(host).items())):
+        assert [name for name, _ in calls] == list(TOOL_NAMES)
+        host.reset_episode(e)
+        assert all(host.call(name, args).ok for name, args in calls)
+        assert evidence_signals(host.ok_calls) == list(
+            dict.fromkeys(TOOLS[n].signal_for(a) for n, a in calls if TOOLS[n].signal)
+        )
+    # the teacher's map is the declared one without genre_match, on purpose (see train/teacher.py)
+    declared = {n: s.signal_for({}) for n, s in TOOLS.items() if s.signal}
+    assert {n: s for n, s in declared.items() if s != "genre_match"} == TOOL_SIGNAL
+    assert {n for n, s in declared.items() if s == "genre_match"} == {"user_profile", "user_history"}
+
+
+def test_every_example_call_succeeds(res, tiny_benchmark: Benchmark):
+    host = ToolHost(RecEnv(res))
+    for e in tiny_benchmark.episodes("sparse/test"):
+        host.reset_episode(e)
+        assert all(host.call(name, spec.example).ok for name, spec in TOOLS.items())
+
+
+def test_constructor_without_resources_needs_configure(res):  # transition: RecEnv.configure goes
     RecEnv.configure(None)
-    with pytest.raises(ConfigError, match="configure"):
+    with pytest.raises(ConfigError, match="Resources"):
         RecEnv()
     RecEnv.configure(res)
     try:
-        assert RecEnv().resources is res
+        assert ToolHost(RecEnv()).resources is res
     finally:
         RecEnv.configure(None)
 
@@ -90,47 +157,47 @@ def test_constructor_without_resources_needs_configure(res):
 
 
 def test_every_tool_returns_bounded_text_with_ids(res, tiny_benchmark: Benchmark):
-    env = RecEnv(res)
+    host = ToolHost(RecEnv(res))
     for e in tiny_benchmark.episodes("dense/test") + tiny_benchmark.episodes("loo/test")[:10]:
-        env.reset_episode(e)
+        host.reset_episode(e)
         for name, args in CALLS.items():
-            obs = env.call(name, args)
+            obs = host.call(name, args)
             assert obs.ok, (name, obs.text)
             assert 0 < len(obs.text) <= MAX_CHARS
             assert any(i in obs.text for i in res.catalog.pos), (name, obs.text)
             if name in ("item_info", "similar_users", "item_relations", "cf_scores"):
                 assert e.candidates[0] in obs.text, (name, obs.text)
-        assert env.n_calls == len(CALLS) and env.n_errors == 0
+        assert host.n_calls == len(CALLS) and host.n_errors == 0
 
 
-def test_tool_outputs_are_correct_on_the_fixture(env: RecEnv, res):
-    hist = env.call("user_history", {"k": 3}).text.splitlines()
-    newest = env.history[::-1][:3]
+def test_tool_outputs_are_correct_on_the_fixture(host: ToolHost, res):
+    hist = host.call("user_history", {"k": 3}).text.splitlines()
+    newest = host.history[::-1][:3]
     assert [line.split(" ")[0] for line in hist[1:4]] == list(newest)
-    page2 = env.call("user_history", {"k": 3, "page": 2}).text
-    assert env.history[-4] in page2 and newest[0] not in page2
-    profile = env.call("user_profile", {}).text
+    page2 = host.call("user_history", {"k": 3, "page": 2}).text
+    assert host.history[-4] in page2 and newest[0] not in page2
+    profile = host.call("user_profile", {}).text
     assert "gender" in profile and "History:" in profile and "Top categories" in profile
-    info = env.call("item_info", {"item_ids": ["[1]"]}).text
-    count = int((res.log.frame["item_id"] == env.candidates[0]).sum())
-    assert f"{count} interactions" in info and info.startswith(f"[1] {env.candidates[0]}")
-    title = res.catalog.title(env.candidates[0])
-    search = env.call("search_items", {"query": title, "k": 1}).text
-    assert f"[1] {env.candidates[0]}" in search
-    scores = env.call("cf_scores", {}).text.splitlines()[1:]
-    assert len(scores) == len(env.candidates) and scores[0].endswith("1.00")
-    assert env.call("search_items", {"query": "zzzz qqqq"}).text.startswith("No item")
+    info = host.call("item_info", {"item_ids": ["[1]"]}).text
+    count = int((res.log.frame["item_id"] == host.candidates[0]).sum())
+    assert f"{count} interactions" in info and info.startswith(f"[1] {host.candidates[0]}")
+    title = res.catalog.title(host.candidates[0])
+    search = host.call("search_items", {"query": title, "k": 1}).text
+    assert f"[1] {host.candidates[0]}" in search
+    scores = host.call("cf_scores", {}).text.splitlines()[1:]
+    assert len(scores) == len(host.candidates) and scores[0].endswith("1.00")
+    assert host.call("search_items", {"query": "zzzz qqqq"}).text.startswith("No item")
 
 
-def test_candidate_labels_and_ids_name_the_same_item(env: RecEnv):
-    c3 = env.candidates[2]
+def test_candidate_labels_and_ids_name_the_same_item(host: ToolHost):
+    c3 = host.candidates[2]
     texts = {
-        env.call("item_info", {"item_ids": [ref]}).text for ref in ("[3]", "3", f"[3] {c3}", c3, " [ 3 ] ")
+        host.call("item_info", {"item_ids": [ref]}).text for ref in ("[3]", "3", f"[3] {c3}", c3, " [ 3 ] ")
     }
     assert len(texts) == 1 and c3 in texts.pop()
     assert (
-        env.call("item_relations", {"item_id": "[3]"}).text
-        == env.call("item_relations", {"item_id": c3}).text
+        host.call("item_relations", {"item_id": "[3]"}).text
+        == host.call("item_relations", {"item_id": c3}).text
     )
 
 
@@ -147,9 +214,9 @@ def test_one_env_per_thread_over_shared_resources(res, tiny_benchmark: Benchmark
     episodes = tiny_benchmark.episodes("loo/test")
 
     def run(e: Episode) -> list[str]:
-        env = RecEnv(res)
-        env.reset_episode(e)
-        return [env.call(name, args).text for name, args in CALLS.items()]
+        host = ToolHost(RecEnv(res))
+        host.reset_episode(e)
+        return [host.call(name, args).text for name, args in CALLS.items()]
 
     sequential = [run(e) for e in episodes]
     with ThreadPoolExecutor(4) as pool:
@@ -180,41 +247,56 @@ def test_one_env_per_thread_over_shared_resources(res, tiny_benchmark: Benchmark
         ("item_relations", {"item_id": "[0]"}, "unknown_item", "Unknown item '[0]'"),
     ],
 )
-def test_model_mistakes_become_error_observations(env: RecEnv, name, args, kind, hint):
-    obs = env.call(name, args)
+def test_model_mistakes_become_error_observations(host: ToolHost, name, args, kind, hint):
+    obs = host.call(name, args)
     assert not obs.ok and obs.error == kind
     assert hint in obs.text
-    assert (env.n_calls, env.n_errors, env.errors_by_kind[kind]) == (1, 1, 1)
+    assert (host.n_calls, host.n_errors, host.errors_by_kind[kind]) == (1, 1, 1)
 
 
-def test_arguments_as_json_text_and_integral_floats_are_accepted(env: RecEnv):
-    assert env.call("user_history", json.dumps({"k": 2})).text == env.call("user_history", {"k": 2.0}).text
-    capped = env.call("similar_users", {"k": 500})
+def test_arguments_as_json_text_and_integral_floats_are_accepted(host: ToolHost):
+    assert host.call("user_history", json.dumps({"k": 2})).text == host.call("user_history", {"k": 2.0}).text
+    capped = host.call("similar_users", {"k": 500})
     assert capped.ok and capped.text.endswith("(k capped at 20)")
 
 
-def test_direct_tool_calls_never_raise_on_model_mistakes(env: RecEnv):
+def test_direct_tool_calls_never_raise_on_model_mistakes(host: ToolHost):
     # TRL calls the bound methods directly: bad values must come back as text, not exceptions
+    env = host.env
     assert env.item_info(item_ids=["nope"]).startswith("Unknown item")
     assert "must be an integer" in env.user_history(k="ten")  # type: ignore[arg-type]
-    assert env.n_errors == 2
+    assert host.n_errors == 2
+    # an argument the signature lacks fails as a plain method would: TRL shows the model str(error)
+    with pytest.raises(TypeError, match=r"^RecEnv.user_history\(\) got an unexpected keyword argument 'n'$"):
+        env.user_history(n=5)
+    with pytest.raises(TypeError, match=r"^RecEnv.item_info\(\) missing 1 required positional argument"):
+        env.item_info()
+    assert host.n_calls == 2
+    # TRL's calls are recorded with the defaults filled in
+    env.user_history()
+    assert host.ok_calls[-1] == ("user_history", {"k": 10, "keyword": "", "page": 1})
 
 
-def test_reset_clears_all_state(env: RecEnv, tiny_benchmark: Benchmark):
-    env.call("user_profile", {})
-    env.call("nope", {})
-    before = (env.candidates, env.history, env.call("item_info", {"item_ids": ["[1]"]}).text)
-    other = next(e for e in tiny_benchmark.episodes("sparse/test") if e.candidates[0] != env.candidates[0])
-    env.reset_episode(other)
-    assert (env.n_calls, env.n_errors, sum(env.calls_by_tool.values()), sum(env.errors_by_kind.values())) == (
+def test_reset_clears_all_state(host: ToolHost, tiny_benchmark: Benchmark):
+    host.call("user_profile", {})
+    host.call("nope", {})
+    before = (host.candidates, host.history, host.call("item_info", {"item_ids": ["[1]"]}).text)
+    other = next(e for e in tiny_benchmark.episodes("sparse/test") if e.candidates[0] != host.candidates[0])
+    host.reset_episode(other)
+    assert (
+        host.n_calls,
+        host.n_errors,
+        sum(host.calls_by_tool.values()),
+        sum(host.errors_by_kind.values()),
+    ) == (
         0,
         0,
         0,
         0,
     )
-    assert env.episode_id == other.episode_id and env.candidates == other.candidates
-    assert env.history != before[1]
-    assert other.candidates[0] in env.call("item_info", {"item_ids": ["[1]"]}).text != before[2]
+    assert host.episode_id == other.episode_id and host.candidates == other.candidates
+    assert host.history != before[1]
+    assert other.candidates[0] in host.call("item_info", {"item_ids": ["[1]"]}).text != before[2]
 
 
 def test_reset_takes_trl_rows_and_drops_the_target(res, tiny_benchmark: Benchmark):
@@ -232,13 +314,13 @@ def heldout_pairs(bench: Benchmark) -> set[tuple[str, str]]:
     return {(e.user_id, e.target) for name in bench.manifest["episodes"] for e in bench.episodes(name)}
 
 
-def user_side_outputs(env: RecEnv, title: str) -> list[str]:
+def user_side_outputs(host: ToolHost, title: str) -> list[str]:
     """Every user-side output for the episode, all history pages, and searches aimed at the target."""
-    out = [env.call("user_profile", {}).text]
-    for page in range(1, len(env.history) // 15 + 2):
-        out.append(env.call("user_history", {"k": 15, "page": page}).text)
-    out.append(env.call("user_history", {"keyword": title}).text)
-    out.append(env.call("search_items", {"query": title, "scope": "history"}).text)
+    out = [host.call("user_profile", {}).text]
+    for page in range(1, len(host.history) // 15 + 2):
+        out.append(host.call("user_history", {"k": 15, "page": page}).text)
+    out.append(host.call("user_history", {"keyword": title}).text)
+    out.append(host.call("search_items", {"query": title, "scope": "history"}).text)
     return out
 
 
@@ -246,16 +328,16 @@ def users_by_item(log: InteractionLog) -> dict[str, set[str]]:
     return {i: set(u) for i, u in log.frame.groupby("item_id", sort=False)["user_id"]}
 
 
-def assert_no_leak(env: RecEnv, e: Episode, user_targets: set[str], users_of: dict[str, set[str]]) -> None:
+def assert_no_leak(host: ToolHost, e: Episode, user_targets: set[str], users_of: dict[str, set[str]]) -> None:
     """No tool output for episode `e` reveals that the user interacted with a held-out item.
 
     `user_targets`: the user's held-out items (validation and test); `users_of`: item -> users in the
     background the tools were built from.
     """
-    res = env.resources
+    res = host.resources
     title = res.catalog.title(e.target)
-    assert not user_targets & set(env.history), e.episode_id
-    for text in user_side_outputs(env, title):
+    assert not user_targets & set(host.history), e.episode_id
+    for text in user_side_outputs(host, title):
         for t in user_targets:
             assert t not in text, (e.episode_id, text)
             t_title = res.catalog.title(t)
@@ -263,13 +345,13 @@ def assert_no_leak(env: RecEnv, e: Episode, user_targets: set[str], users_of: di
                 assert f'"{t_title}"' not in text, (e.episode_id, text)
     # item-side tools may name the target (it is a candidate) but never as part of the user's history,
     # and its popularity is the background count
-    info = env.call("item_info", {"item_ids": [e.target]}).text
+    info = host.call("item_info", {"item_ids": [e.target]}).text
     assert "in the user's history" not in info
     assert f" {len(users_of.get(e.target, ()))} interactions" in info
-    found = env.call("search_items", {"query": title, "scope": "catalog", "k": 10}).text.splitlines()
+    found = host.call("search_items", {"query": title, "scope": "catalog", "k": 10}).text.splitlines()
     assert not [line for line in found for t in user_targets if t in line and "in the user's history" in line]
     # similar users: never the user; their candidate counts are recounts over the background
-    nbrs = collab.similar_users(res.index, e.user_id, env.history, 10)
+    nbrs = collab.similar_users(res.index, e.user_id, host.history, 10)
     names = {str(res.index.users.ids[r]) for r, _, _ in nbrs}
     assert e.user_id not in names
     counts = collab.neighbour_counts(res.index, [r for r, _, _ in nbrs], e.candidates)
@@ -285,11 +367,11 @@ def check_sets(bench: Benchmark, sets: tuple[str, ...]) -> int:
         pairs = set(zip(res.log.frame["user_id"], res.log.frame["item_id"], strict=True))
         assert not heldout & pairs, f"{name}: the background holds held-out interactions"
         users_of = users_by_item(res.log)
-        env = RecEnv(res)
+        host = ToolHost(RecEnv(res))
         als = res.scorer("als")
         for e in bench.episodes(name):
-            env.reset_episode(e)
-            assert_no_leak(env, e, {i for u, i in heldout if u == e.user_id}, users_of)
+            host.reset_episode(e)
+            assert_no_leak(host, e, {i for u, i in heldout if u == e.user_id}, users_of)
             # collaborative models are fitted on this background: the fitted ALS matrix has no (user, target)
             u, i = als.users_.get(e.user_id), als.items_.get(e.target)
             assert u < 0 or i < 0 or als.matrix_[u, i] == 0
@@ -304,11 +386,11 @@ def test_no_leakage_on_the_fixture(tiny_benchmark: Benchmark):
 def test_leak_check_catches_a_leaky_background(tiny_benchmark: Benchmark, tiny_dataset, tmp_path: Path):
     # the same checks over the full log (held-out rows included) must fail: the test can fail
     leaky = build_resources(tiny_dataset.log, tiny_benchmark.items, tiny_benchmark.users, tmp_path)
-    env = RecEnv(leaky)
+    host = ToolHost(RecEnv(leaky))
     e = tiny_benchmark.episodes("dense/test")[0]
-    env.reset_episode(e)
+    host.reset_episode(e)
     with pytest.raises(AssertionError):
-        assert_no_leak(env, e, {e.target}, users_by_item(tiny_dataset.log))
+        assert_no_leak(host, e, {e.target}, users_by_item(tiny_dataset.log))
 
 
 @pytest.mark.realdata
@@ -364,14 +446,14 @@ def test_similar_users_via_ann_agrees_with_brute_force(res):
 
 def test_cold_user_is_folded_in_from_the_episode_history(res, tiny_benchmark: Benchmark):
     e = tiny_benchmark.episodes("dense/test")[0]
-    env = RecEnv(res)
-    env.reset(
+    host = ToolHost(RecEnv(res))
+    host.env.reset(
         episode_id="cold", user_id="someone-new", candidates=list(e.candidates), history=list(e.history)
     )
-    assert env.history == e.history
-    assert "cold-start" not in env.call("user_profile", {}).text
-    assert "most similar users" in env.call("similar_users", {}).text
-    assert env.call("cf_scores", {}).ok
+    assert host.history == e.history
+    assert "cold-start" not in host.call("user_profile", {}).text
+    assert "most similar users" in host.call("similar_users", {}).text
+    assert host.call("cf_scores", {}).ok
 
 
 def test_item_neighbours_match_dense_cosine(res):
@@ -386,21 +468,21 @@ def test_item_neighbours_match_dense_cosine(res):
         )
 
 
-def test_signals_are_per_candidate_and_match_the_tools(env: RecEnv, res):
-    sig = env.signals(models=("als",))
+def test_signals_are_per_candidate_and_match_the_tools(host: ToolHost, res):
+    sig = host.signals(models=("als",))
     assert set(sig) == {"popularity", "item_relations", "similar_users", "genre_match", "cf_als"}
-    assert all(len(v) == len(env.candidates) and np.isfinite(v).all() for v in sig.values())
-    pop = [int((res.log.frame["item_id"] == c).sum()) for c in env.candidates]
+    assert all(len(v) == len(host.candidates) and np.isfinite(v).all() for v in sig.values())
+    pop = [int((res.log.frame["item_id"] == c).sum()) for c in host.candidates]
     assert sig["popularity"].tolist() == pop
-    best = env.candidates[int(np.argmax(sig["cf_als"]))]
-    first = env.call("cf_scores", {}).text.splitlines()[1]
+    best = host.candidates[int(np.argmax(sig["cf_als"]))]
+    first = host.call("cf_scores", {}).text.splitlines()[1]
     assert first.startswith("1. ") and best in first and first.endswith(" 1.00")
 
 
 @pytest.mark.slow
-def test_sasrec_scores_on_the_fixture(env: RecEnv):
-    obs = env.call("cf_scores", {"model": "sasrec"})
-    assert obs.ok and len(obs.text.splitlines()) == 1 + len(env.candidates)
+def test_sasrec_scores_on_the_fixture(host: ToolHost):
+    obs = host.call("cf_scores", {"model": "sasrec"})
+    assert obs.ok and len(obs.text.splitlines()) == 1 + len(host.candidates)
 
 
 # ---- commands -----------------------------------------------------------------------------------------

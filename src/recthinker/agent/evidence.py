@@ -4,9 +4,9 @@ environment turns that into the full permutation.
     <answer>promote [3] [7]; demote [2]</answer>
 
 The base order is the evidence the agent itself gathered in this episode: the z-scored signals of the tools
-it called (cf_scores -> that model's scores, item_relations -> relation strength, similar_users -> how many
-similar users chose each candidate, user_profile / user_history -> genre match, item_info -> popularity),
-summed with equal weights. Promoted candidates then move to the top in the order named, demoted ones to the
+it called, each tool's as it declares it (`@tool(signal=...)` in `tools/env.py`: cf_scores -> that model's
+scores, item_relations -> relation strength, similar_users -> how many similar users chose each candidate,
+user_profile / user_history -> genre match, item_info -> popularity), summed with equal weights. Promoted candidates then move to the top in the order named, demoted ones to the
 bottom. No evidence tool called means no base order: the answer is invalid (never a fallback to candidate
 order or to a signal the agent did not ask for).
 """
@@ -21,17 +21,10 @@ from typing import Any
 import numpy as np
 
 from recthinker.agent.parse import ParsedRanking
+from recthinker.tools.env import TOOLS
 
 _SECTION_RE = re.compile(r"(promote|demote)\s*:?\s*((?:\[\s*\d{1,4}\s*\][\s,]*)*)", re.IGNORECASE)
 _LABEL_RE = re.compile(r"\[\s*(\d{1,4})\s*\]")
-
-TOOL_SIGNALS = {  # tool -> the signal (key of RecEnv.signals) whose evidence it shows the model
-    "item_relations": "item_relations",
-    "similar_users": "similar_users",
-    "user_profile": "genre_match",
-    "user_history": "genre_match",
-    "item_info": "popularity",
-}
 
 
 def evidence_signals(calls: Sequence[tuple[str, Mapping[str, Any] | str]]) -> list[str]:
@@ -42,17 +35,16 @@ def evidence_signals(calls: Sequence[tuple[str, Mapping[str, Any] | str]]) -> li
     """
     out: list[str] = []
     for name, args in calls:
-        if name == "cf_scores":
-            if isinstance(args, str):
-                try:
-                    args = json.loads(args)
-                except json.JSONDecodeError:
-                    args = {}
-            model = args.get("model", "als") if isinstance(args, Mapping) else "als"
-            key = f"cf_{model}"
-        else:
-            key = TOOL_SIGNALS.get(name, "")
-        if key and key not in out:
+        spec = TOOLS.get(name)
+        if spec is None or not spec.signal:
+            continue
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError:
+                args = {}
+        key = spec.signal_for(args if isinstance(args, Mapping) else {})
+        if key not in out:
             out.append(key)
     return out
 

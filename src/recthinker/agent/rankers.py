@@ -23,6 +23,7 @@ from recthinker.agent.loop import AgentConfig, RecThinker
 from recthinker.errors import ConfigError
 from recthinker.llm import ChatModel, load_chat_model
 from recthinker.metrics import kendall_tau
+from recthinker.tools.env import TOOLS
 from recthinker.types import Episode, Ranking
 
 SIGNAL = "cf_als"  # the strongest single tool signal on ML-1M (see benchmarks/bench_tools.py)
@@ -37,18 +38,15 @@ def tau_vs_signal(env, episode: Episode, ranking) -> float:
 
 
 def fixed_workflow_calls(episode: Episode, items) -> list[tuple[str, dict[str, Any]]]:
-    """Every tool once, in a fixed order, with arguments chosen without a model."""
+    """Every tool once, in declaration order, with arguments chosen without a model: each tool's example
+    call, except that item_info asks about every candidate and search_items for the user's top categories."""
     cats = Counter(c for i in episode.history if i in items.index for c in items.loc[i, "categories"])
     query = " ".join(c for c, _ in cats.most_common(3)) or "popular"
-    return [
-        ("user_profile", {}),
-        ("user_history", {"k": 10}),
-        ("item_info", {"item_ids": [f"[{k}]" for k in range(1, len(episode.candidates) + 1)]}),
-        ("search_items", {"query": query, "scope": "candidates", "k": 5}),
-        ("similar_users", {"k": 10}),
-        ("item_relations", {}),
-        ("cf_scores", {"model": "als"}),
-    ]
+    this_episode = {
+        "item_info": {"item_ids": [f"[{k}]" for k in range(1, len(episode.candidates) + 1)]},
+        "search_items": {"query": query},
+    }
+    return [(name, {**spec.example, **this_episode.get(name, {})}) for name, spec in TOOLS.items()]
 
 
 def default_config(kind: str, model: ChatModel) -> AgentConfig:

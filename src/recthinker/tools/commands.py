@@ -19,7 +19,7 @@ from recthinker.errors import ConfigError, DataError, RecThinkerError
 from recthinker.metrics import ndcg_at_k, target_rank
 from recthinker.tools.build import load_resources
 from recthinker.tools.candidates import make_episode
-from recthinker.tools.env import Observation, RecEnv
+from recthinker.tools.env import TOOLS, Observation, RecEnv, ToolHost
 from recthinker.tools.resources import CF_MODELS, Resources
 from recthinker.types import Episode
 
@@ -115,18 +115,12 @@ def run_tool(
 # ---- benchmark --------------------------------------------------------------------------------------------
 
 
-def bench_arguments(env: RecEnv) -> dict[str, dict]:
-    """Representative arguments per tool for the latency benchmark (one call each)."""
+def bench_arguments(env: ToolHost) -> dict[str, dict]:
+    """Each tool's example arguments (`@tool(example=...)`) for the latency benchmark (one call each);
+    search_items searches for the first candidate's category."""
     first_cat = next((c for i in env.candidates for c in env.resources.catalog.cats(i)), "drama")
-    return {
-        "user_profile": {},
-        "user_history": {"k": 10},
-        "item_info": {"item_ids": ["[1]", "[2]", "[3]"]},
-        "search_items": {"query": f"{first_cat} love war", "scope": "candidates", "k": 5},
-        "similar_users": {"k": 10},
-        "item_relations": {},
-        "cf_scores": {"model": "als"},
-    }
+    this_episode = {"search_items": {"query": f"{first_cat} love war"}}
+    return {name: {**spec.example, **this_episode.get(name, {})} for name, spec in TOOLS.items()}
 
 
 def _percentiles(ms: list[float]) -> dict[str, float]:

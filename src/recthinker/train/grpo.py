@@ -1,13 +1,13 @@
 """GRPO with tools: TRL `GRPOTrainer(environment_factory=...)` over ranking episodes, LoRA on the policy.
 
-    RecEnv.configure(resources)                               # tools read the train split only
+    env_factory = functools.partial(RecEnv, resources)        # tools read the train split only
     rows = [grpo_row(e, items) for e in train_episodes]
-    adapter = run_grpo(rows, "outputs/sft-smollm2/adapter", Path("outputs/grpo"), RecEnv, max_steps=50)
+    adapter = run_grpo(rows, "outputs/sft-smollm2/adapter", Path("outputs/grpo"), env_factory, max_steps=50)
 
 Each row's `prompt` is the agent loop's own system prompt and task message (`grpo_row`); TRL renders it with
 the tokenizer's chat template and the environment's tool schemas, i.e. the one-line-per-tool `# Tools`
 block the loop writes in prompt mode. The model then alternates assistant turns and tool calls (TRL calls the
-environment's public methods; tool-result tokens are masked out of the loss) for at most
+environment's public methods, i.e. its tools; tool-result tokens are masked out of the loss) for at most
 `max_tool_calling_iterations` rounds and `max_completion_length` tokens in all. The remaining row fields
 (`user_id`, `candidates`, `history`, `episode_id`, `target`) go to `env.reset(**row)` and, as columns, to
 the rewards (`rewards.reward_funcs`: weighted NDCG@10 + format + tool efficiency).
@@ -21,6 +21,7 @@ the advantage is zero (`frac_reward_zero_std` = 1): run SFT first and start GRPO
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -122,6 +123,18 @@ def _load_policy(model_path: Path, dtype: Any) -> tuple[Any, Any, bool]:
     return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype), tokenizer, False
 
 
+def factory_name(env_factory: Callable[[], Any]) -> str:
+    """The name of the environment class a factory builds, for the run config.
+
+    >>> import functools
+    >>> factory_name(functools.partial(dict, a=1)), factory_name(dict)
+    ('dict', 'dict')
+    """
+    while isinstance(env_factory, functools.partial):
+        env_factory = env_factory.func
+    return getattr(env_factory, "__name__", repr(env_factory))
+
+
 def build_grpo_trainer(
     train_rows: Sequence[dict[str, Any]] | str | Path,
     model: str | Path,
@@ -178,8 +191,10 @@ def run_grpo(
         train_rows: `grpo_row` dicts, or a JSONL file of them.
         model: An SFT adapter folder (its LoRA keeps training) or a model folder (a new LoRA is added).
         out_dir: The run folder (created).
-        env_factory: No-argument callable returning an environment (`RecEnv` after `RecEnv.configure`):
-            `reset(**row)` plus public tool methods with type hints and Google-style docstrings.
+        env_factory: No-argument callable returning a fresh environment, e.g.
+            `functools.partial(RecEnv, resources)`: `reset(**row)` plus the tools as its public methods, with
+            type hints and Google-style docstrings. TRL builds its pool of environments with it and
+            resets one per rollout.
         reward_config: Weights and tool budget of the reward (`RewardConfig()` by default).
         extra_rewards: Further `(reward_func, weight)` pairs in TRL's signature, added to the three.
         lora_r: LoRA rank of a new adapter.
@@ -208,7 +223,7 @@ def run_grpo(
         model=str(model),
         rewards=reward_config.to_dict(),
         reward_funcs=list(trainer.reward_func_names),
-        environment=getattr(env_factory, "__name__", repr(env_factory)),
+        environment=factory_name(env_factory),
         n_rows=len(trainer.train_dataset),
     )
     start = time.perf_counter()

@@ -53,17 +53,21 @@ import numpy as np
 from recthinker.agent.loop import AgentConfig, RecThinker
 from recthinker.agent.parse import parse_turn
 from recthinker.llm import ChatResult
+from recthinker.tools.env import TOOLS
 from recthinker.types import Episode, Ranking
 
 log = logging.getLogger(__name__)
 
 NAME = "bootstrap-teacher"
 SIGNALS = ("genre_match", "cf_als", "item_relations", "similar_users", "popularity")
+# tool -> the signal it adds to the evidence: each tool's declared signal (`@tool(signal=...)`), cf_scores at its
+# default model (the teacher calls ALS only). Deliberately without genre_match, which `agent.evidence` does
+# count for user_profile / user_history: here it is the base of every evidence set (the prompt shows the
+# history), so no tool adds it.
 TOOL_SIGNAL = {
-    "cf_scores": "cf_als",
-    "item_relations": "item_relations",
-    "similar_users": "similar_users",
-    "item_info": "popularity",
+    name: spec.signal_for({})
+    for name, spec in TOOLS.items()
+    if spec.signal and spec.signal_for({}) != "genre_match"
 }
 COLLAB = ("cf_als", "item_relations", "similar_users")
 WORDS = {"cf_als": "ALS", "item_relations": "item relations", "similar_users": "similar users"}  # in plans
