@@ -32,7 +32,7 @@ from recthinker.data.benchmark import ensure_benchmark
 from recthinker.eval.harness import evaluate
 from recthinker.llm import OpenAICompatible, load_chat_model, serve_llamacpp
 from recthinker.tools.build import load_resources
-from recthinker.tools.env import RecEnv
+from recthinker.tools.env import RecEnv, ToolHost
 from recthinker.train.teacher import BootstrapTeacher, fit_teacher
 
 
@@ -43,7 +43,7 @@ def _pct(values: list[float], q: float) -> float:
 
 def overhead(bench, resources, episodes) -> dict:
     weights = fit_teacher(bench)
-    env = RecEnv(resources)
+    env = ToolHost(RecEnv(resources))
     agent = RecThinker(BootstrapTeacher(env, weights), env, items=bench.items)
     agent.run(episodes[0])  # warm caches (ALS scorer, tool tables)
     times, model = [], []
@@ -74,7 +74,9 @@ def _record_timings(model, sink: list[dict]) -> None:
 
 
 def bundled(bench, resources, episodes, model, warmup) -> dict:
-    agent = RecThinker(model, RecEnv(resources), items=bench.items, config=default_config("agent", model))
+    agent = RecThinker(
+        model, ToolHost(RecEnv(resources)), items=bench.items, config=default_config("agent", model)
+    )
     agent.run(warmup)  # loads the model; the shared system prompt stays in llama.cpp's prompt cache
     timings: list[dict] = []
     if hasattr(model, "chat_completions"):

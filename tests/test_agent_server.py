@@ -13,7 +13,7 @@ from recthinker.agent.rankers import AgentRanker
 from recthinker.eval.harness import evaluate
 from recthinker.llm import OpenAICompatible, bundled_model_path, serve_llamacpp
 from recthinker.tools.build import load_resources
-from recthinker.tools.env import RecEnv
+from recthinker.tools.env import RecEnv, ToolHost
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,9 @@ def test_agent_against_loopback_server(server_url, tiny_benchmark, resources):
     model = OpenAICompatible(server_url, timeout_s=600)
     episode = tiny_benchmark.episodes("dense/test")[0]
     config = AgentConfig(max_steps=2, max_tokens=96)
-    traj = RecThinker(model, RecEnv(resources), items=tiny_benchmark.items, config=config).run(episode)
+    traj = RecThinker(model, ToolHost(RecEnv(resources)), items=tiny_benchmark.items, config=config).run(
+        episode
+    )
     assert 1 <= len(traj.steps) <= 2
     assert all(s.prompt_tokens > 200 and s.completion_tokens > 0 for s in traj.steps)
     assert traj.messages[0]["role"] == "system" and "\n- user_profile(): " in traj.messages[0]["content"]
@@ -49,7 +51,9 @@ def test_constrained_turns_are_well_formed(server_url, tiny_benchmark, resources
     model = OpenAICompatible(server_url, timeout_s=600)
     episode = tiny_benchmark.episodes("sparse/test")[0]
     config = AgentConfig(max_steps=2, constrained=True)
-    traj = RecThinker(model, RecEnv(resources), items=tiny_benchmark.items, config=config).run(episode)
+    traj = RecThinker(model, ToolHost(RecEnv(resources)), items=tiny_benchmark.items, config=config).run(
+        episode
+    )
     first = traj.steps[0]
     assert first.analyze and first.plan
     assert first.tool_calls or first.answer is not None

@@ -10,7 +10,7 @@ from recthinker.agent.pointwise import PointwiseRanker
 from recthinker.agent.rankers import AgentRanker, fixed_workflow_calls, tau_vs_signal
 from recthinker.llm import ChatResult
 from recthinker.tools.build import load_resources
-from recthinker.tools.env import RecEnv
+from recthinker.tools.env import RecEnv, ToolHost, tool_schemas
 
 
 class Scripted:
@@ -63,7 +63,7 @@ def test_agent_ranker_records_tools_and_tau(tiny_benchmark, resources):
     assert ranking.info["tool_calls"] == 1 and ranking.info["tool_errors"] == 0
     assert "1." in model.seen[1][-1]["content"]  # the cf_scores observation came back
     assert -1.0 <= ranking.info["tau_vs_signal"] <= 1.0
-    env = RecEnv(resources)
+    env = ToolHost(RecEnv(resources))
     env.reset_episode(episode)
     scores = env.signals(("als",))["cf_als"]
     als_order = [episode.candidates[i] for i in np.argsort(-scores, kind="stable")]
@@ -73,8 +73,8 @@ def test_agent_ranker_records_tools_and_tau(tiny_benchmark, resources):
 def test_fixed_workflow_calls_every_tool_once(tiny_benchmark, resources):
     episode = tiny_benchmark.episodes("sparse/test")[0]
     calls = fixed_workflow_calls(episode, tiny_benchmark.items)
-    assert sorted(name for name, _ in calls) == sorted(t["function"]["name"] for t in RecEnv.tool_schemas())
-    env = RecEnv(resources)
+    assert sorted(name for name, _ in calls) == sorted(t["function"]["name"] for t in tool_schemas())
+    env = ToolHost(RecEnv(resources))
     env.reset_episode(episode)
     assert all(env.call(name, args).ok for name, args in calls)
 

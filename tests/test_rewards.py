@@ -14,7 +14,7 @@ from recthinker.llm import ChatResult
 from recthinker.llm.base import parse_hermes_tool_calls
 from recthinker.metrics import target_rank
 from recthinker.tools.build import load_resources
-from recthinker.tools.env import RecEnv
+from recthinker.tools.env import RecEnv, ToolHost, tool_schemas
 from recthinker.train import rewards
 from recthinker.train.rewards import (
     RewardConfig,
@@ -225,7 +225,7 @@ def trl_rollout(env: RecEnv, replies: list[str]) -> list[dict]:
     results come back as `tool` messages, a failing call becomes an error result, and the first turn without
     calls ends the rollout.
     """
-    tools = {t["function"]["name"] for t in RecEnv.tool_schemas()}
+    tools = {t["function"]["name"] for t in tool_schemas()}
     completion: list[dict] = []
     for text in replies:
         content, calls = parse_hermes_tool_calls(text)
@@ -261,7 +261,7 @@ def resources(tiny_benchmark):
 def loop_and_reward(resources, episode: Episode, replies: list[str], form: str):
     """(the loop's Ranking, evaluation's NDCG@10, the reward's ParsedRanking, ndcg_reward) for the same replies."""
     config = AgentConfig(answer_form=form)
-    ranking = RecThinker(Replies(replies), RecEnv(resources), config=config).rank(episode)
+    ranking = RecThinker(Replies(replies), ToolHost(RecEnv(resources)), config=config).rank(episode)
     evaluated = score_rank(target_rank(ranking.items, episode.target) if ranking.valid else None)["ndcg@10"]
     env = RecEnv(resources)
     env.reset(**episode.to_dict())  # what TRL's environment_factory + reset(**row) do
@@ -372,8 +372,8 @@ def test_the_answer_that_counts_is_the_loops_first_valid_one(tiny_benchmark, res
             rewards.final_answer(completion),
             list(episode.candidates),
             form,
-            evidence_calls=env.ok_calls,
-            env=env,
+            evidence_calls=ToolHost(env).ok_calls,
+            env=ToolHost(env),
         )
         assert score_rank(target_rank(old.items, episode.target))["ndcg@10"] == pytest.approx(before)
 

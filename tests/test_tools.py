@@ -58,9 +58,8 @@ def test_trl_discovers_exactly_the_tools(res):
     }
     assert on_class == set(TOOL_NAMES)
     # earlier TRL listed the bound methods of the instance: the host's names must not show there either
-    transition = {"configure", "tool_schemas"}  # legacy classmethods; delete with RecEnv's transition block
     on_instance = {n for n, _ in inspect.getmembers(RecEnv(res), predicate=inspect.ismethod) if n[0] != "_"}
-    assert on_instance - {"reset"} - transition == set(TOOL_NAMES)
+    assert on_instance - {"reset"} == set(TOOL_NAMES)
     assert {"call", "signals", "reset_episode", "ok_calls"}.isdisjoint(dir(RecEnv(res)))
 
 
@@ -71,8 +70,8 @@ def test_trl_gets_a_factory_of_environments(res, tiny_benchmark: Benchmark):
     a.reset(**e.to_dict())
     b.reset(**e.to_dict())
     assert a is not b and a.user_profile() == ToolHost(b).call("user_profile", {}).text
-    with pytest.raises(ConfigError, match="partial"):
-        RecEnv()
+    with pytest.raises(TypeError):
+        RecEnv()  # no class-global resources to fall back on
 
 
 def test_schemas_build_from_docstrings():
@@ -140,17 +139,6 @@ def test_every_example_call_succeeds(res, tiny_benchmark: Benchmark):
     for e in tiny_benchmark.episodes("sparse/test"):
         host.reset_episode(e)
         assert all(host.call(name, spec.example).ok for name, spec in TOOLS.items())
-
-
-def test_constructor_without_resources_needs_configure(res):  # transition: RecEnv.configure goes
-    RecEnv.configure(None)
-    with pytest.raises(ConfigError, match="Resources"):
-        RecEnv()
-    RecEnv.configure(res)
-    try:
-        assert ToolHost(RecEnv()).resources is res
-    finally:
-        RecEnv.configure(None)
 
 
 # ---- outputs ------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from recthinker.agent.trajectory import Step, ToolCallRecord, Trajectory, read_t
 from recthinker.data.benchmark import Benchmark
 from recthinker.metrics import kendall_tau, ndcg_at_k
 from recthinker.tools.build import load_resources
-from recthinker.tools.env import TOOL_NAMES, RecEnv
+from recthinker.tools.env import TOOL_NAMES, RecEnv, ToolHost
 from recthinker.train.episodes import (
     full_background,
     held_out,
@@ -83,7 +83,7 @@ def test_training_tools_never_see_the_target_or_held_out_rows(tiny_benchmark: Be
         assert (e.user_id, e.target) not in rows
     for u, items in held_out(bench).items():
         assert not any((u, i) in rows for i in items)
-    env = RecEnv(training_resources(bench, train_eps))
+    env = ToolHost(RecEnv(training_resources(bench, train_eps)))
     for e in train_eps:
         env.reset_episode(e)
         assert env.history == tuple(
@@ -121,7 +121,7 @@ def test_teacher_beats_random_and_spends_fewer_calls_when_evidence_agrees(
     random_ndcg = np.mean([ndcg_at_k(k, 10) for k in range(1, 11)])  # expected NDCG@10 of a random order
     assert ndcg > random_ndcg + 0.15
     # Evidence agreement measured independently of the policy: Kendall tau between ALS and item relations.
-    env = RecEnv(eval_res)
+    env = ToolHost(RecEnv(eval_res))
     calls, tau = [], []
     for e, r in zip(eps, rankings, strict=True):
         env.reset_episode(e)
@@ -147,7 +147,7 @@ def test_teacher_in_evidence_form_with_a_small_budget(tiny_benchmark, eval_res, 
 
     config = AgentConfig(max_steps=3, max_tool_calls=2, answer_form="evidence")
     ranker = TeacherRanker(eval_res, tiny_benchmark.items, weights, config)
-    env = RecEnv(eval_res)
+    env = ToolHost(RecEnv(eval_res))
     for e in tiny_benchmark.episodes("loo/test"):
         r = ranker.rank(e)
         traj = Trajectory.from_dict(r.info["trajectory"])

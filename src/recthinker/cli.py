@@ -17,6 +17,7 @@ flags onto library calls and prints the result.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import re
@@ -261,7 +262,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from recthinker.llm import load_chat_model
     from recthinker.tools.build import load_resources
     from recthinker.tools.candidates import make_episode
-    from recthinker.tools.env import RecEnv
+    from recthinker.tools.env import RecEnv, ToolHost
 
     bench = ensure_benchmark(args.dataset)
     resources = load_resources(bench, "dense/test", seed=args.seed)
@@ -272,14 +273,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         config.max_steps = args.max_steps
     if args.max_tool_calls is not None:
         config.max_tool_calls = args.max_tool_calls
-    env = RecEnv(resources)
+    env = ToolHost(RecEnv(resources))
     agent = RecThinker(model, env, items=bench.items, config=config)
     console = None
     if not args.json:
         from rich.console import Console
 
         console = Console()
-    result = run_recommend(agent, RecEnv(resources), episode, proposed, console=console)
+    result = run_recommend(agent, ToolHost(RecEnv(resources)), episode, proposed, console=console)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     return 0
@@ -432,24 +433,20 @@ def cmd_grpo(args: argparse.Namespace) -> int:
     if not Path(args.model).is_dir():
         raise ConfigError(f"--model {args.model}: not a model or adapter folder")
     config = AgentConfig(max_steps=args.max_steps, max_tool_calls=args.max_tool_calls)
-    RecEnv.configure(resources)
-    try:
-        adapter = run_grpo(
-            [grpo_row(e, bench.items, config) for e in episodes],
-            Path(args.model),
-            Path(args.out),
-            RecEnv,
-            max_steps=args.grpo_steps,
-            num_generations=args.num_generations,
-            per_device_train_batch_size=args.num_generations,
-            max_completion_length=args.max_completion_length,
-            max_tool_calling_iterations=max(1, args.max_steps - 1),
-            learning_rate=args.learning_rate,
-            gradient_checkpointing=args.gradient_checkpointing,
-            seed=args.seed,
-        )
-    finally:
-        RecEnv.configure(None)
+    adapter = run_grpo(
+        [grpo_row(e, bench.items, config) for e in episodes],
+        Path(args.model),
+        Path(args.out),
+        functools.partial(RecEnv, resources),
+        max_steps=args.grpo_steps,
+        num_generations=args.num_generations,
+        per_device_train_batch_size=args.num_generations,
+        max_completion_length=args.max_completion_length,
+        max_tool_calling_iterations=max(1, args.max_steps - 1),
+        learning_rate=args.learning_rate,
+        gradient_checkpointing=args.gradient_checkpointing,
+        seed=args.seed,
+    )
     print(f"wrote {adapter}")
     return 0
 

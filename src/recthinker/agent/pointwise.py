@@ -46,9 +46,9 @@ class PointwiseRanker:
 
     def _env(self):
         if not hasattr(self._local, "env"):
-            from recthinker.tools.env import RecEnv
+            from recthinker.tools.env import RecEnv, ToolHost
 
-            self._local.env = RecEnv(self.resources)
+            self._local.env = ToolHost(RecEnv(self.resources))
         return self._local.env
 
     def _evidence(self, episode: Episode) -> list[str]:

@@ -23,7 +23,7 @@ from recthinker.agent.loop import AgentConfig, RecThinker
 from recthinker.errors import ConfigError
 from recthinker.llm import ChatModel, load_chat_model
 from recthinker.metrics import kendall_tau
-from recthinker.tools.env import TOOLS
+from recthinker.tools.env import TOOLS, RecEnv, ToolHost
 from recthinker.types import Episode, Ranking
 
 SIGNAL = "cf_als"  # the strongest single tool signal on ML-1M (see benchmarks/bench_tools.py)
@@ -76,20 +76,17 @@ class AgentRanker:
     def __init__(
         self, kind: str, model: ChatModel, resources, items, config: AgentConfig | None = None
     ) -> None:
-        from recthinker.tools.env import RecEnv
-
         self.name = kind
         self.kind = kind
         self.model = model
         self.resources = resources
         self.items = items
         self.config = config or default_config(kind, model)
-        self._env_cls = RecEnv
         self._local = threading.local()
 
     def _agent(self) -> tuple[RecThinker, Any]:
         if not hasattr(self._local, "agent"):
-            env = self._env_cls(self.resources)
+            env = ToolHost(RecEnv(self.resources))
             tools_env = None if self.config.mode == "zero-shot" else env
             self._local.env = env
             self._local.agent = RecThinker(
@@ -147,9 +144,7 @@ class SignalTau:
     """Wraps a ranker to add `tau_vs_signal` (Kendall tau vs the ALS order) to each valid ranking's info."""
 
     def __init__(self, ranker, resources) -> None:
-        from recthinker.tools.env import RecEnv
-
-        self.inner, self.name, self._env_cls, self._resources = ranker, ranker.name, RecEnv, resources
+        self.inner, self.name, self._resources = ranker, ranker.name, resources
         self._local = threading.local()
 
     def rank(self, episode: Episode) -> Ranking:
@@ -157,6 +152,6 @@ class SignalTau:
         if not ranking.valid:
             return ranking
         if not hasattr(self._local, "env"):
-            self._local.env = self._env_cls(self._resources)
+            self._local.env = ToolHost(RecEnv(self._resources))
         info = {**ranking.info, "tau_vs_signal": tau_vs_signal(self._local.env, episode, ranking.items)}
         return Ranking(items=ranking.items, valid=True, note=ranking.note, info=info)

@@ -57,7 +57,7 @@ from recthinker.serve.schemas import (
     SampleUser,
 )
 from recthinker.tools.candidates import make_episode, propose_candidates
-from recthinker.tools.env import RecEnv
+from recthinker.tools.env import RecEnv, ToolHost
 from recthinker.types import Episode
 
 log = logging.getLogger(__name__)
@@ -381,12 +381,12 @@ class Service:
         try:
             agent = RecThinker(
                 _CancellableModel(self.model, self.model_gate, job.cancel),
-                RecEnv(self.resources),
+                ToolHost(RecEnv(self.resources)),
                 items=self.items,
                 config=cfg,
                 on_step=on_step,
             )
-            result = run_recommend(agent, RecEnv(self.resources), episode, proposed)
+            result = run_recommend(agent, ToolHost(RecEnv(self.resources)), episode, proposed)
             shown = [*episode.candidates, *episode.history[-N_HISTORY_SHOWN:]]
             result["items"] = {i: self.item_info(i).model_dump() for i in shown}
             last = ("done", RecommendResponse(**result).model_dump())

@@ -104,7 +104,7 @@ def run_tool(
             raise DataError("no candidate ids given: pass at least one, or leave out --candidates")
         history = list(episode.history) if episode else None
         episode, _ = make_episode(resources, user_id, history, candidates)  # known, distinct item ids
-    env = RecEnv(resources)
+    env = ToolHost(RecEnv(resources))
     env.reset_episode(episode)
     observation = env.call(name, arguments)
     if not observation.ok:
@@ -127,7 +127,7 @@ def _percentiles(ms: list[float]) -> dict[str, float]:
     return {"p50": round(float(np.percentile(ms, 50)), 3), "p99": round(float(np.percentile(ms, 99)), 3)}
 
 
-def signal_ndcg(env: RecEnv, episodes: list[Episode], models: tuple[str, ...]) -> dict[str, float]:
+def signal_ndcg(env: ToolHost, episodes: list[Episode], models: tuple[str, ...]) -> dict[str, float]:
     """Mean NDCG@10 of each tool signal used alone as a ranker (ties broken by a hash of episode and item)."""
     from recthinker.baselines.base import tie_break_keys
 
@@ -166,7 +166,7 @@ def bench_tools(dataset: str, out: Path, *, models: tuple[str, ...] = CF_MODELS)
             load_s[key] = time.perf_counter() - start
             for m in models:  # fit or load outside the timed calls
                 resources[key].scorer(m)
-        env = RecEnv(resources[key])
+        env = ToolHost(RecEnv(resources[key]))
         episodes = bench.episodes(subset)
         for e in episodes:
             env.reset_episode(e)
@@ -192,7 +192,7 @@ def markdown(result: dict, dataset: str, load_s: dict[str, float]) -> str:
     lines = [
         f"# Tool benchmark: {dataset}",
         "",
-        "Latency of one `RecEnv.call` in ms over the dense and sparse test episodes "
+        "Latency of one `ToolHost.call` in ms over the dense and sparse test episodes "
         f"({LATENCY_REPEATS} calls per episode and tool; `cf_scores` with ALS).",
         "",
         "| tool | p50 | p99 |",

@@ -34,11 +34,11 @@ import typing
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
-from recthinker.errors import ConfigError, DataError
+from recthinker.errors import DataError
 from recthinker.tools import collab, item, user
 from recthinker.tools.item import Labels
 from recthinker.tools.resources import CF_MODELS, Resources
@@ -201,10 +201,7 @@ def tool(
 class RecEnv:
     """One ranking episode (a user, their candidates). Its public methods are the tools, plus `reset`."""
 
-    def __init__(self, resources: Resources | None = None) -> None:
-        resources = resources or RecEnv._default_resources  # transition: see the end of the class
-        if resources is None:
-            raise ConfigError("RecEnv has no Resources: pass them, e.g. functools.partial(RecEnv, resources)")
+    def __init__(self, resources: Resources) -> None:
         self._res = resources
         self._clear()
 
@@ -430,33 +427,6 @@ class RecEnv:
             )
         scores = collab.cf_model_scores(self._res, model, self._user_id, self._history, self._candidates)
         return collab.render_cf_scores(model, scores, self._candidates, self._labels)
-
-    # ---- transition (issue 13): callers written before `ToolHost` ------------------------------------------
-    # Until they construct `ToolHost(env)` and hand TRL `functools.partial(RecEnv, resources)`, an environment
-    # still answers the host's names (forwarded to a `ToolHost`; `__getattr__` names appear in no listing of
-    # the environment's members, so no TRL offers them) and `RecEnv.configure` / `RecEnv.tool_schemas` remain.
-    # Delete this block, `_default_resources` above included, once no caller uses them.
-
-    _default_resources: ClassVar[Resources | None] = None
-    _HOST_NAMES: ClassVar[frozenset[str]] = frozenset(
-        {"reset_episode", "call", "signals", "tool_schemas", "resources", "history", "episode_id", "user_id"}
-        | {"candidates", "n_calls", "n_errors", "calls_by_tool", "errors_by_kind", "ok_calls"}
-    )
-
-    def __getattr__(self, name: str) -> Any:
-        if name in RecEnv._HOST_NAMES:
-            return getattr(ToolHost(self), name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    @classmethod
-    def configure(cls, resources: Resources | None) -> None:
-        """Set the resources that `RecEnv()` uses (transition: pass a `functools.partial` instead)."""
-        cls._default_resources = resources
-
-    @classmethod
-    def tool_schemas(cls) -> list[dict]:
-        """`tool_schemas()` (transition)."""
-        return tool_schemas()
 
 
 TOOLS: dict[str, ToolSpec] = {

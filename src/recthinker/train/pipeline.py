@@ -41,6 +41,7 @@ scatter that one order across files.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -306,13 +307,12 @@ def _grpo(run: Run, folder: Path, adapter: Path) -> dict[str, Any]:
 
     p = run.preset
     rows = [grpo_row(e, run.bench.items, agent_config(p)) for e in run.episodes[: p.grpo_episodes]]
-    RecEnv.configure(run.train_resources)  # TRL builds RecEnv() without arguments: tools see training data
     try:
         out = run_grpo(
             rows,
             adapter,
             folder,
-            RecEnv,
+            functools.partial(RecEnv, run.train_resources),  # TRL calls it without arguments
             reward_config=RewardConfig(answer_form=p.answer_form, tool_budget=p.max_tool_calls),
             max_steps=p.grpo_max_steps,
             num_generations=p.num_generations,
@@ -327,7 +327,6 @@ def _grpo(run: Run, folder: Path, adapter: Path) -> dict[str, Any]:
             **({"use_vllm": True, "vllm_mode": p.vllm_mode} if p.use_vllm else {}),
         )
     finally:
-        RecEnv.configure(None)
         _free_accelerator()
     write_agent_settings(out, p)
     return {"adapter": str(out), "rows": len(rows)}

@@ -36,6 +36,7 @@ from typing import Any
 from recthinker.agent.loop import ANSWER_FORMS, answer_to_ranking
 from recthinker.agent.parse import ParsedRanking, parse_turn
 from recthinker.metrics import ndcg_at_k, target_rank
+from recthinker.tools.env import TOOLS, RecEnv, ToolHost
 
 Completion = str | Sequence[dict[str, Any]]
 RANK1_RANK2_GAP = 1.0 - 1.0 / math.log2(3)  # relative NDCG@k drop from rank 1 to rank 2 (~0.369)
@@ -141,6 +142,7 @@ def answer_ranking(
     False
     """
     turns = _assistant_turns(completion)
+    env = _host(env)
     evidence = answer_form == "evidence" and env is not None  # only answer form (c) reads the environment
     parsed = None
     for j, message in enumerate(turns):
@@ -152,6 +154,11 @@ def answer_ranking(
         if parsed.valid:
             return parsed
     return parsed or answer_to_ranking(None, candidates, answer_form, env=env)
+
+
+def _host(env: Any) -> Any:
+    """The episode's environment as TRL hands it over (a `RecEnv`), read through a `ToolHost`."""
+    return ToolHost(env) if isinstance(env, RecEnv) else env
 
 
 def _ok_calls_before(turns: Sequence[dict[str, Any]], j: int, env: Any) -> Sequence[tuple[str, Any]]:
@@ -169,13 +176,13 @@ def _ok_calls_before(turns: Sequence[dict[str, Any]], j: int, env: Any) -> Seque
     for message in turns[:j]:
         for call in message.get("tool_calls") or ():
             fn = call.get("function") or {}
-            if n < len(ok) and _same_call(env, fn.get("name"), fn.get("arguments"), ok[n]):
+            if n < len(ok) and _same_call(fn.get("name"), fn.get("arguments"), ok[n]):
                 n += 1
     return ok[:n]
 
 
-def _same_call(env: Any, name: Any, arguments: Any, ran: tuple[str, Any]) -> bool:
-    """Whether calling tool `name` with `arguments` is the call `ran` = `(name, arguments)` in `env.ok_calls`.
+def _same_call(name: Any, arguments: Any, ran: tuple[str, Any]) -> bool:
+    """Whether calling tool `name` with `arguments` is the call `ran` = `(name, arguments)` in the host's `ok_calls`.
 
     `ran` holds the arguments as given or with the tool's defaults filled in; both are accepted.
     """
@@ -188,9 +195,12 @@ def _same_call(env: Any, name: Any, arguments: Any, ran: tuple[str, Any]) -> boo
             return False
     if not isinstance(arguments, dict):
         return False
-    try:  # the same binding TRL does when it calls `env.<name>(**arguments)`
-        bound = inspect.signature(getattr(env, name)).bind(**arguments)
-    except (AttributeError, TypeError):
+    spec = TOOLS.get(name)
+    if spec is None:
+        return False
+    try:  # the same binding TRL does when it calls `env.<name>(**arguments)`; the tool's `self` is unbound
+        bound = inspect.signature(spec.fn).bind(None, **arguments)
+    except TypeError:
         return False
     bound.apply_defaults()
     ran_args = dict(ran[1])

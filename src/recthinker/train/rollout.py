@@ -44,13 +44,13 @@ PolicyFactory = Callable[[], RecThinker]
 
 def teacher_policy(resources, items, weights, config: AgentConfig | None = None) -> PolicyFactory:
     """Factory of `RecThinker`s driven by the bootstrap teacher (`train.teacher`)."""
-    from recthinker.tools.env import RecEnv
+    from recthinker.tools.env import RecEnv, ToolHost
     from recthinker.train.teacher import BootstrapTeacher
 
     cfg = config or AgentConfig()
 
     def make() -> RecThinker:
-        env = RecEnv(resources)
+        env = ToolHost(RecEnv(resources))
         teacher = BootstrapTeacher(
             env, weights, answer_form=cfg.answer_form, max_tool_calls=cfg.max_tool_calls
         )
@@ -62,12 +62,12 @@ def teacher_policy(resources, items, weights, config: AgentConfig | None = None)
 def model_policy(model: str | Any, resources, items, config: AgentConfig | None = None) -> PolicyFactory:
     """Factory of `RecThinker`s over one shared chat model (`model`: a `ChatModel` or a `load_chat_model` spec)."""
     from recthinker.llm import load_chat_model
-    from recthinker.tools.env import RecEnv
+    from recthinker.tools.env import RecEnv, ToolHost
 
     chat = load_chat_model(model) if model is None or isinstance(model, str | Path) else model
 
     def make() -> RecThinker:
-        return RecThinker(chat, RecEnv(resources), items=items, config=config or AgentConfig())
+        return RecThinker(chat, ToolHost(RecEnv(resources)), items=items, config=config or AgentConfig())
 
     return make
 

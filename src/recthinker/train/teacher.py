@@ -180,9 +180,9 @@ def episode_signals(env, episode: Episode) -> dict[str, np.ndarray]:
 
 def fit_on_episodes(resources, episodes: Sequence[Episode]) -> TeacherWeights:
     """Fit the teacher's weights on `episodes` (with targets) using tools over `resources`."""
-    from recthinker.tools.env import RecEnv
+    from recthinker.tools.env import RecEnv, ToolHost
 
-    env = RecEnv(resources)
+    env = ToolHost(RecEnv(resources))
     rows, targets = [], []
     for e in episodes:
         rows.append(episode_signals(env, e))
@@ -467,9 +467,9 @@ class TeacherRanker:
     def agent(self) -> RecThinker:
         """This thread's `RecThinker` driven by a `BootstrapTeacher`."""
         if not hasattr(self._local, "agent"):
-            from recthinker.tools.env import RecEnv
+            from recthinker.tools.env import RecEnv, ToolHost
 
-            env = RecEnv(self.resources)
+            env = ToolHost(RecEnv(self.resources))
             self._local.agent = RecThinker(
                 BootstrapTeacher(
                     env,
