@@ -43,7 +43,7 @@ class Observation(Protocol):
 
 
 class ToolEnv(Protocol):
-    """What the loop needs from the environment (`recthinker.tools.env.RecEnv`)."""
+    """What the loop needs from the environment (`recthinker.tools.env.ToolHost` around a `RecEnv`)."""
 
     def reset_episode(self, episode: Episode) -> None: ...
 
@@ -107,7 +107,7 @@ def answer_to_ranking(
     - `ranking`: candidate labels or ids, best first (`parse.parse_ranking`).
     - `evidence`: promote/demote over the base order of the evidence (`evidence.evidence_ranking`): the
       signals revealed by `evidence_calls`, the successful `(tool, arguments)` calls made *before* this
-      answer, read from the episode's `env` (`RecEnv.signals`). Without `env` it is invalid.
+      answer, read from the episode's `env` (`ToolHost.signals`). Without `env` it is invalid.
 
     Never raises on model text: an unusable answer is an invalid ranking (it scores 0).
 

@@ -11,7 +11,7 @@ seconds on ML-1M) and cached on disk under `<benchmark>/tools/index-<fingerprint
 hashes the background rows, the catalog and `INDEX_VERSION`; loading it back takes well under 2 s.
 
     res = load_resources(ensure_benchmark("ml-1m"), "dense/test")    # from recthinker.tools.build
-    env = RecEnv(res)
+    host = ToolHost(RecEnv(res))                                      # from recthinker.tools.env
 """
 
 from __future__ import annotations

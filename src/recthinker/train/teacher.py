@@ -17,7 +17,7 @@ its `RecEnv` (history, candidates, and the numbers behind the tool outputs), and
    remaining collaborative tool (item_relations first for a focused history, similar_users first
    otherwise), plus `item_info` on the candidates no collaborative signal has seen (when there are >= 3
    of them), within the budget, and answers in turn 3.
-3. The answer ranks all candidates by a weighted sum of per-episode z-scored signals (`RecEnv.signals`):
+3. The answer ranks all candidates by a weighted sum of per-episode z-scored signals (`ToolHost.signals`):
    genre_match (visible in the prompt) and the signal of each tool it called (cf_scores -> cf_als,
    item_relations -> item_relations, similar_users -> similar_users, item_info -> popularity, log1p).
    In answer form (c) (`agent.evidence`) it promotes its leader and demotes its last candidate where
