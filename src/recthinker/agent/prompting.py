@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from recthinker.llm.base import render_tool_call
 from recthinker.types import Episode
 
 
@@ -101,12 +102,7 @@ def render_for_prompt_mode(messages: Sequence[dict[str, Any]]) -> list[dict[str,
         role = m["role"]
         if role == "assistant":
             blocks = [
-                "<tool_call>\n"
-                + json.dumps(
-                    {"name": c["function"]["name"], "arguments": _args(c["function"]["arguments"])},
-                    ensure_ascii=False,
-                )
-                + "\n</tool_call>"
+                render_tool_call(c["function"]["name"], _args(c["function"]["arguments"]))
                 for c in m.get("tool_calls") or []
             ]
             content = "\n".join(x for x in [m.get("content") or "", *blocks] if x)

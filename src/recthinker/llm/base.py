@@ -175,6 +175,21 @@ def _openai_tool_call(tc: dict[str, Any], index: int) -> dict[str, Any]:
 _TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 
 
+def render_tool_call(name: str, arguments: dict[str, Any]) -> str:
+    """One tool call as the chat template renders it (and `parse_hermes_tool_calls` reads it back).
+
+    >>> render_tool_call("cf_scores", {"model": "als"})
+    '<tool_call>\\n{"name": "cf_scores", "arguments": {"model": "als"}}\\n</tool_call>'
+    >>> parse_hermes_tool_calls(render_tool_call("f", {"k": 3}))[1][0]["function"]
+    {'name': 'f', 'arguments': '{"k": 3}'}
+    """
+    return (
+        "<tool_call>\n"
+        + json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+        + "\n</tool_call>"
+    )
+
+
 def parse_hermes_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
     """Split model text into free content and OpenAI tool calls from `<tool_call>{json}</tool_call>` blocks.
 
