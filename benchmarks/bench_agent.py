@@ -26,14 +26,13 @@ import statistics
 import time
 from pathlib import Path
 
-from recthinker.agent.loop import RecThinker
-from recthinker.agent.rankers import AgentRanker, default_config
+from recthinker.agent.rankers import default_config
 from recthinker.data.benchmark import ensure_benchmark
 from recthinker.eval.harness import evaluate
 from recthinker.llm import OpenAICompatible, load_chat_model, serve_llamacpp
+from recthinker.rankers import TEACHER, build_ranker
 from recthinker.tools.build import load_resources
-from recthinker.tools.env import RecEnv, ToolHost
-from recthinker.train.teacher import BootstrapTeacher, fit_teacher
+from recthinker.train.teacher import fit_teacher
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -42,9 +41,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def overhead(bench, resources, episodes) -> dict:
-    weights = fit_teacher(bench)
-    env = ToolHost(RecEnv(resources))
-    agent = RecThinker(BootstrapTeacher(env, weights), env, items=bench.items)
+    agent = build_ranker(TEACHER, bench, resources=resources, teacher_weights=fit_teacher(bench)).agent()
     agent.run(episodes[0])  # warm caches (ALS scorer, tool tables)
     times, model = [], []
     for e in episodes * 4:
@@ -74,9 +71,7 @@ def _record_timings(model, sink: list[dict]) -> None:
 
 
 def bundled(bench, resources, episodes, model, warmup) -> dict:
-    agent = RecThinker(
-        model, ToolHost(RecEnv(resources)), items=bench.items, config=default_config("agent", model)
-    )
+    agent = build_ranker("agent", bench, resources=resources, model=model).agent()
     agent.run(warmup)  # loads the model; the shared system prompt stays in llama.cpp's prompt cache
     timings: list[dict] = []
     if hasattr(model, "chat_completions"):
@@ -134,9 +129,9 @@ def _split(timings: list[dict], n_episodes: int) -> dict | None:
 def throughput(bench, resources, episodes, out: Path, workers: int, local) -> dict:
     with serve_llamacpp(local.model_path, n_threads=1, n_parallel=workers, n_ctx=8192 * workers) as url:
         model = OpenAICompatible(url, timeout_s=900, max_concurrency=workers)
-        config = default_config("agent", local)
-        config.constrained = False  # a remote server gets free text (the agent's default for servers)
-        ranker = AgentRanker("agent", model, resources, bench.items, config)
+        # the default model's agent settings; a remote server gets free text (the agent's default for servers)
+        config = default_config("agent", local, constrained=False)
+        ranker = build_ranker("agent", bench, resources=resources, model=model, config=config)
         t0 = time.perf_counter()
         evaluate([ranker], episodes, out / f"throughput-w{workers}", workers=workers, resume=False)
         wall = time.perf_counter() - t0

@@ -24,10 +24,10 @@ import json
 import os
 from pathlib import Path
 
-from recthinker.agent.rankers import make_llm_ranker
 from recthinker.data.benchmark import ensure_benchmark
 from recthinker.eval.harness import evaluate, read_rows, summarize_rows
 from recthinker.llm import load_chat_model
+from recthinker.rankers import RankerSpec, build_ranker
 
 
 def model_row(label: str, spec: str, rows: list[dict]) -> dict:
@@ -93,8 +93,7 @@ def main() -> None:
         if not sep or not label or not spec:
             p.error(f"--model {item!r}: expected LABEL=SPEC")
         model = load_chat_model(None if spec == "default" else spec, n_threads=args.threads)
-        ranker = make_llm_ranker("agent", bench, args.episode_set, model=model)
-        ranker.name = label
+        ranker = build_ranker(RankerSpec(label, "agent"), bench, args.episode_set, model=model)
         evaluate([ranker], episodes, out, workers=1)
         close = getattr(model, "close", None)
         if close is not None:

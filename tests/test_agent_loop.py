@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from recthinker.agent.loop import AgentConfig, RecThinker
 from recthinker.agent.parse import parse_ranking
 from recthinker.agent.prompting import render_for_prompt_mode
-from recthinker.agent.trajectory import Trajectory
+from recthinker.agent.trajectory import Step, Trajectory
 from recthinker.llm import ChatResult
 from recthinker.types import Episode
 
@@ -104,6 +104,55 @@ def test_tool_call_then_answer():
     assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
     assert row["messages"][2]["tool_calls"][0]["function"] == {"name": "user_history", "arguments": {"k": 5}}
     assert row["tools"][0]["function"]["name"] == "user_history"
+
+
+def without_timings(d):
+    """A trajectory dict with every `latency_s` set to 0 (the only part of a run that is not reproducible)."""
+    if isinstance(d, dict):
+        return {k: 0 if k == "latency_s" else without_timings(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [without_timings(v) for v in d]
+    return d
+
+
+def test_stream_yields_each_finished_turn_then_the_trajectory():
+    replies = [
+        "<answer>[1] > [1]</answer>",  # a format problem
+        call("user_history", k=2),
+        "<answer>[2] > [3] > [1]</answer>",
+    ]
+    env = FakeEnv()
+    items = list(RecThinker(ScriptedModel(replies), env).stream(EPISODE))
+    *steps, traj = items
+    assert all(isinstance(s, Step) for s in steps) and isinstance(traj, Trajectory)
+    assert steps == traj.steps and [s.index for s in steps] == [0, 1, 2]  # the trajectory's own steps
+    assert steps[1].tool_calls[0].observation == "history: h1, h2 (k=2)"  # yielded after its tools ran
+    assert traj.valid and traj.ranking == ["b", "c", "a"] and traj.latency_s > 0
+    # run() drains the same stream: the same trajectory
+    again = RecThinker(ScriptedModel(replies), FakeEnv()).run(EPISODE)
+    assert without_timings(again.to_dict()) == without_timings(traj.to_dict())
+    # the fixed-workflow calls come first, as step -1
+    fw = RecThinker(
+        ScriptedModel(["<answer>[2] > [1] > [3]</answer>"]),
+        FakeEnv(),
+        config=AgentConfig(mode="fixed-workflow"),
+        fixed_workflow=[("user_history", {"k": 3})],
+    )
+    assert [getattr(i, "index", "trajectory") for i in fw.stream(EPISODE)] == [-1, 0, "trajectory"]
+
+
+def test_closing_the_stream_stops_the_run_before_its_next_model_call():
+    model = ScriptedModel(
+        [call("user_history", k=1), call("user_history", k=2), "<answer>[1] > [2] > [3]</answer>"]
+    )
+    env = FakeEnv()
+    run = RecThinker(model, env).stream(EPISODE)
+    first = next(run)
+    assert first.index == 0 and len(model.seen) == 1 and env.calls == [("user_history", {"k": 1})]
+    run.close()
+    assert len(model.seen) == 1 and len(env.calls) == 1  # no second turn, no further tool call
+    with pytest.raises(StopIteration):
+        next(run)
 
 
 def test_mistakes_become_observations():

@@ -125,8 +125,8 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
 
 
 def test_ranker_specs_name_models_and_reject_bad_labels() -> None:
-    from recthinker.cli import parse_ranker_spec
     from recthinker.errors import RecThinkerError
+    from recthinker.rankers import parse_ranker_spec
 
     assert parse_ranker_spec("untrained=agent@base") == ("untrained", "agent", "base")
     assert parse_ranker_spec("agent") == ("agent", "agent", None)
@@ -153,3 +153,52 @@ def test_training_verbs_parse_here_and_pipeline_holds_stages_only() -> None:
     tree = ast.parse(Path(pipeline.__file__).read_text(encoding="utf-8"))
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert "argparse" not in imported and "Namespace" not in ast.unparse(tree)
+
+
+def test_recommend_shows_the_run_live_or_prints_it_as_json(tiny_benchmark, monkeypatch, capsys) -> None:
+    """`recommend` with a scripted model: the live view (each turn, then the ranking with its evidence) and
+    `--json` (the same run as one object); a run without a valid answer says so."""
+    import recthinker.llm
+    from test_agent_loop import ScriptedModel, call
+
+    replies = [
+        "<analyze>Recent items first.</analyze><plan>Look at the history.</plan>" + call("user_history", k=2),
+        "<analyze>Enough.</analyze><answer>[2] > [1] > [3] > [4] > [5]</answer>",
+    ]
+    script = {"replies": replies}
+    monkeypatch.setattr(
+        recthinker.llm, "load_chat_model", lambda spec, **kw: ScriptedModel(script["replies"])
+    )
+    user = tiny_benchmark.episodes("dense/test")[0].user_id
+    cands = ["m01", "m04", "m07", "m10", "m13"]
+    argv = ["recommend", "--dataset", str(tiny_benchmark.root), "--user", user, "--candidates", *cands]
+
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"User {user}, recent history:" in out and "No candidates given" not in out
+    assert out.index("turn 1") < out.index('→ user_history({"k": 2})') < out.index("turn 2")
+    assert "answer [2] > [1] > [3] > [4] > [5]" in out and "Ranking" in out and "als_rank" in out
+    assert "1 tool calls, 2 turns" in out
+
+    assert main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {
+        "user_id",
+        "ranking",
+        "candidates",
+        "candidates_proposed",
+        "valid",
+        "note",
+        "tool_calls",
+        "evidence",
+        "trajectory",
+        "latency_s",
+        "model",
+    }
+    assert result["valid"] and result["ranking"] == ["m04", "m01", "m07", "m10", "m13"]
+    assert list(result["evidence"]) == result["ranking"][:3] and result["tool_calls"] == 1
+    assert [s["index"] for s in result["trajectory"]] == [0, 1] and result["model"] == "scripted"
+
+    script["replies"] = ["hmm"] * 2
+    assert main([*argv, "--max-steps", "2"]) == 0
+    assert "No valid ranking: no valid answer within 2 turns" in capsys.readouterr().out

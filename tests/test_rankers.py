@@ -92,3 +92,87 @@ def test_pointwise_ranks_by_yes_probability(tiny_benchmark, resources):
     assert ranking.info["llm_calls"] == 2 * len(episode.candidates)
     with pytest.raises(TypeError, match="cannot score options"):
         PointwiseRanker(Scripted([]), resources, tiny_benchmark.items)
+
+
+# ---- the composition root (recthinker.rankers) ------------------------------------------------------------
+
+
+def test_the_kinds_are_listed_once():
+    from recthinker import cli
+    from recthinker.baselines import SCORER_NAMES
+    from recthinker.rankers import CLASSIC_KINDS, KINDS, LLM_KINDS, TEACHER
+    from recthinker.train.presets import REFERENCES
+
+    assert CLASSIC_KINDS is SCORER_NAMES and len(set(KINDS)) == len(KINDS)
+    assert cli.CLASSIC_RANKERS is CLASSIC_KINDS and cli.LLM_RANKERS is LLM_KINDS and cli.RANKER_KINDS is KINDS
+    assert TEACHER in KINDS and set(REFERENCES) <= set(KINDS)
+
+
+def test_build_ranker_builds_every_kind_from_one_spec(tiny_benchmark, resources):
+    from recthinker.agent.teacher import TeacherRanker, TeacherWeights
+    from recthinker.rankers import KINDS, RankerSpec, build_ranker
+
+    class Model(Scripted):
+        def logprobs_of(self, messages, options):
+            return [0.0, 0.0]
+
+    model, models, fitted = Model([]), {}, []
+    weights = TeacherWeights(weights={})
+
+    def fit():
+        fitted.append(1)
+        return weights
+
+    built = {}
+    for kind in (k for k in KINDS if k != "sasrec"):  # sasrec: torch, covered by test_baselines
+        spec = RankerSpec(f"my-{kind}", kind)
+        built[kind] = build_ranker(
+            spec, tiny_benchmark, "dense/test", resources=resources, model=model, teacher_weights=fit
+        )
+        assert built[kind].name == f"my-{kind}"
+    assert fitted == [1] and isinstance(built["teacher"], TeacherRanker)
+    assert built["teacher"].weights is weights and built["teacher"].config == AgentConfig()
+    assert isinstance(built["agent"], AgentRanker) and built["agent"].model is model
+    assert built["agent-evidence"].config.answer_form == "evidence"
+    assert built["fixed-workflow"].config.max_steps == 2
+    assert built["pointwise-evidence"].inner.with_evidence and not built["pointwise"].inner.with_evidence
+    # a chat model named by spec is loaded once and shared through the cache
+    models["shared"] = model
+    a = build_ranker("a=agent@shared", tiny_benchmark, "dense/test", resources=resources, models=models)
+    z = build_ranker("z=zero-shot@shared", tiny_benchmark, "dense/test", resources=resources, models=models)
+    assert a.model is z.model is model
+
+
+def test_build_ranker_refuses_what_it_cannot_build(tiny_benchmark):
+    from recthinker.errors import ConfigError, RecThinkerError
+    from recthinker.rankers import build_ranker
+
+    with pytest.raises(RecThinkerError, match="only LLM rankers"):
+        build_ranker("pop@base", tiny_benchmark, "dense/test")
+    with pytest.raises(RecThinkerError, match="unknown ranker 'nope': use one of random, pop"):
+        build_ranker("nope", tiny_benchmark, "dense/test")
+    with pytest.raises(ConfigError, match="teacher_weights"):
+        build_ranker("teacher", tiny_benchmark, "dense/test")
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu"])
+@pytest.mark.parametrize("kind", ["agent", "zero-shot", "fixed-workflow"])
+@pytest.mark.parametrize("constrained", [False, True])
+def test_the_pipeline_settings_go_through_default_config(preset, kind, constrained):
+    """`train.pipeline.agent_config` is `default_config` with the preset's settings, and gives what the
+    pipeline's own formula gave before there was one place for them."""
+    from recthinker.train.pipeline import agent_config
+    from recthinker.train.presets import PRESETS
+
+    p = PRESETS[preset]
+    expected = AgentConfig(
+        mode=kind,
+        max_steps=p.max_steps if kind == "agent" else 2,
+        max_tool_calls=p.max_tool_calls,
+        max_tokens=p.max_tokens,
+        n_history=p.n_history,
+        seed=p.seed,
+        answer_form=p.answer_form if kind == "agent" else "ranking",
+        constrained=constrained,
+    )
+    assert agent_config(p, kind, constrained=constrained) == expected

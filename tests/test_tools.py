@@ -117,8 +117,8 @@ def test_declared_signals_are_signals_the_host_computes(host: ToolHost):
 def test_the_tool_lists_derive_from_the_declarations(host: ToolHost, tiny_benchmark: Benchmark):
     from recthinker.agent.evidence import evidence_signals
     from recthinker.agent.rankers import fixed_workflow_calls
+    from recthinker.agent.teacher import TOOL_SIGNAL
     from recthinker.tools.commands import bench_arguments
-    from recthinker.train.teacher import TOOL_SIGNAL
 
     e = tiny_benchmark.episodes("dense/test")[0]
     for calls in (fixed_workflow_calls(e, tiny_benchmark.items), list(bench_arguments(host).items())):
@@ -128,7 +128,7 @@ def test_the_tool_lists_derive_from_the_declarations(host: ToolHost, tiny_benchm
         assert evidence_signals(host.ok_calls) == list(
             dict.fromkeys(TOOLS[n].signal_for(a) for n, a in calls if TOOLS[n].signal)
         )
-    # the teacher's map is the declared one without genre_match, on purpose (see train/teacher.py)
+    # the teacher's map is the declared one without genre_match, on purpose (see agent/teacher.py)
     declared = {n: s.signal_for({}) for n, s in TOOLS.items() if s.signal}
     assert {n: s for n, s in declared.items() if s != "genre_match"} == TOOL_SIGNAL
     assert {n for n, s in declared.items() if s == "genre_match"} == {"user_profile", "user_history"}

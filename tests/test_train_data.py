@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from recthinker.agent.parse import parse_ranking, parse_turn
+from recthinker.agent.teacher import NAME, TOOL_SIGNAL, TeacherRanker, standardize
 from recthinker.agent.trajectory import Step, ToolCallRecord, Trajectory, read_trajectories
 from recthinker.data.benchmark import Benchmark
 from recthinker.metrics import kendall_tau, ndcg_at_k
@@ -24,7 +25,7 @@ from recthinker.train.episodes import (
 )
 from recthinker.train.filtering import filter_trajectories, write_sft_dataset
 from recthinker.train.rollout import rollout, teacher_policy
-from recthinker.train.teacher import NAME, TOOL_SIGNAL, TeacherRanker, fit_on_episodes, standardize
+from recthinker.train.teacher import fit_on_episodes
 
 
 @pytest.fixture(scope="module")

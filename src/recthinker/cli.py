@@ -1,6 +1,8 @@
 """`recthinker <verb>`: the command line. The only module that parses argv or configures logging.
 
-Heavy imports (torch, transformers, the baselines) happen inside each verb, so `recthinker --help` is fast.
+Heavy imports (torch, transformers, the agent, its tools and model back ends) happen inside each verb, so
+`recthinker --help` is quick; it does import the classic baselines (pandas, scipy), whose names are among the
+ranker kinds it lists (`recthinker.rankers`).
 
     recthinker prepare  --dataset ml-1m --out data/ml-1m
     recthinker evaluate --episodes data/ml-1m/dense/test.jsonl --ranker pop --ranker ease --out outputs/dense
@@ -20,7 +22,6 @@ import argparse
 import functools
 import json
 import logging
-import re
 import signal
 import sys
 import threading
@@ -29,17 +30,14 @@ from typing import NoReturn
 
 from recthinker import argtypes
 from recthinker.errors import ConfigError, RecThinkerError
+from recthinker.rankers import CLASSIC_KINDS, KINDS, LLM_KINDS, RankerSpec, parse_ranker_spec
 from recthinker.train.presets import PRESETS
 
 log = logging.getLogger("recthinker")
 
-CLASSIC_RANKERS = ("random", "pop", "itemknn", "ease", "als", "bpr", "sasrec")
-LLM_RANKERS = ("agent", "agent-evidence", "zero-shot", "fixed-workflow", "pointwise", "pointwise-evidence")
-OTHER_RANKERS = (
-    "teacher",
-)  # the bootstrap teacher: a scripted policy over the real tools (train/teacher.py)
-RANKER_KINDS = CLASSIC_RANKERS + LLM_RANKERS + OTHER_RANKERS
-LABEL = re.compile(r"\w[\w.+@-]*")  # a ranker's label names its folder and a table row
+# The ranker kinds are listed once, in `recthinker.rankers` (cheap to import: it loads no agent, model or tool
+# until a ranker is built); these are the names the verbs below use for them.
+CLASSIC_RANKERS, LLM_RANKERS, RANKER_KINDS = CLASSIC_KINDS, LLM_KINDS, KINDS
 
 
 class Parser(argparse.ArgumentParser):
@@ -124,30 +122,6 @@ def _resolve_episodes(args: argparse.Namespace, set_name: str):
     return bench, name, episodes
 
 
-def parse_ranker_spec(spec: str) -> tuple[str, str, str | None]:
-    """`[LABEL=]KIND[@MODEL]` -> (label, kind, model spec or None).
-
-    >>> parse_ranker_spec("sft=agent@outputs/train-cpu/sft/adapter")
-    ('sft', 'agent', 'outputs/train-cpu/sft/adapter')
-    >>> parse_ranker_spec("fixed-workflow@base")
-    ('fixed-workflow@base', 'fixed-workflow', 'base')
-    >>> parse_ranker_spec("ease")
-    ('ease', 'ease', None)
-    """
-    label, eq, rest = spec.partition("=")
-    if not eq:
-        label, rest = "", spec
-    kind, at, model = rest.partition("@")
-    if at and not model:
-        raise RecThinkerError(f"--ranker {spec!r}: nothing after '@' (give a model spec, e.g. agent@base)")
-    label = label or (f"{kind}@{model}" if at else kind)
-    if not LABEL.fullmatch(label):
-        raise RecThinkerError(
-            f"--ranker {spec!r}: name it with LABEL= (letters, digits and . _ + @ -, not starting with a dot)"
-        )
-    return label, kind, model or None
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.episodes and args.set:
         raise ConfigError("--set chooses an episode set of --dataset; with --episodes the file is the set")
@@ -180,11 +154,12 @@ def _evaluate_sets(args: argparse.Namespace, sets: list, specs: list, root: Path
     for set_name in sets:
         bench, name, episodes = _resolve_episodes(args, set_name)
         rankers = []
-        for label, kind, model in specs:
+        for spec in specs:
+            label = spec.label
             if label in failed:
                 continue
             try:
-                rankers.append(build_ranker(kind, bench, name, args, label, model, models))
+                rankers.append(build_ranker(spec, bench, name, args, models))
             except RecThinkerError as e:  # this ranker alone fails; the others still run
                 failed[label] = str(e)
                 log.info("ranker %s cannot be built (%s); the others run", label, e)
@@ -212,52 +187,29 @@ def _evaluate_sets(args: argparse.Namespace, sets: list, specs: list, root: Path
     return 0
 
 
-def build_ranker(
-    kind: str,
-    bench,
-    name: str,
-    args: argparse.Namespace,
-    label: str | None = None,
-    model: str | None = None,
-    models: dict | None = None,
-):
-    """A Ranker for the episodes of set `name` in `bench` (classic scorers are fitted on its background).
+def build_ranker(spec, bench, name: str, args: argparse.Namespace, models: dict | None = None):
+    """`recthinker.rankers.build_ranker` with this verb's flags: --seed, --model (LLM kinds without
+    `@MODEL`), --threads; `models` caches loaded chat models by spec. The teacher's weights are fitted here
+    (training's job, cached under the benchmark), only when a teacher is built."""
+    from recthinker import rankers  # the module: this function has its builder's name
+    from recthinker.train.teacher import fit_teacher
 
-    LLM rankers use `model` (from `KIND@MODEL`) or `--model`; `models` caches loaded chat models by spec.
-    """
-
-    if model is not None and kind not in LLM_RANKERS:
-        raise RecThinkerError(
-            f"--ranker {kind}@{model}: only LLM rankers ({', '.join(LLM_RANKERS)}) take a model"
-        )
-    if kind in CLASSIC_RANKERS:
-        from recthinker.baselines import fitted_ranker
-
-        ranker = fitted_ranker(kind, bench.background(name), bench.root / "models", args.seed)
-    elif kind == "teacher":
-        from recthinker.train.teacher import make_teacher_ranker
-
-        ranker = make_teacher_ranker(bench, name, seed=args.seed)
-    elif kind in LLM_RANKERS:
-        from recthinker.agent.rankers import make_llm_ranker
-        from recthinker.llm import load_chat_model
-
-        spec = model if model is not None else args.model
-        models = {} if models is None else models
-        if spec not in models:
-            models[spec] = load_chat_model(spec, n_threads=getattr(args, "threads", 1))
-        ranker = make_llm_ranker(kind, bench, name, model=models[spec], seed=args.seed)
-    else:
-        raise RecThinkerError(f"unknown ranker {kind!r}: use one of {', '.join(RANKER_KINDS)}")
-    if label:
-        ranker.name = label
-    return ranker
+    return rankers.build_ranker(
+        spec,
+        bench,
+        name,
+        seed=args.seed,
+        model=args.model,
+        models=models,
+        threads=getattr(args, "threads", 1),
+        teacher_weights=functools.partial(fit_teacher, bench),
+    )
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     from recthinker.agent.loop import RecThinker
     from recthinker.agent.rankers import default_config
-    from recthinker.agent.recommend import run_recommend
+    from recthinker.agent.recommend import recommendation
     from recthinker.data.benchmark import ensure_benchmark
     from recthinker.llm import load_chat_model
     from recthinker.tools.build import load_resources
@@ -273,16 +225,17 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         config.max_steps = args.max_steps
     if args.max_tool_calls is not None:
         config.max_tool_calls = args.max_tool_calls
-    env = ToolHost(RecEnv(resources))
-    agent = RecThinker(model, env, items=bench.items, config=config)
-    console = None
-    if not args.json:
+    agent = RecThinker(model, ToolHost(RecEnv(resources)), items=bench.items, config=config)
+    evidence_env = ToolHost(RecEnv(resources))  # reads the evidence of the top items, apart from the agent's
+    if args.json:
+        result = recommendation(agent.run(episode), evidence_env, episode, proposed)
+        print(json.dumps(result, ensure_ascii=False))
+    else:
         from rich.console import Console
 
-        console = Console()
-    result = run_recommend(agent, ToolHost(RecEnv(resources)), episode, proposed, console=console)
-    if args.json:
-        print(json.dumps(result, ensure_ascii=False))
+        from recthinker.cli_view import watch
+
+        watch(Console(), agent, evidence_env, episode, proposed)
     return 0
 
 
@@ -310,16 +263,16 @@ def cmd_tool(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "baselines":
         from recthinker.data.benchmark import ensure_benchmark
-        from recthinker.eval.suite import CLASSIC, DEFAULT_SETS, results_markdown, run_suite
+        from recthinker.eval.suite import DEFAULT_SETS, results_markdown, run_suite
 
         bench = ensure_benchmark(args.dataset)
-        rankers = list(dict.fromkeys(args.ranker or CLASSIC))
+        rankers = list(dict.fromkeys(args.ranker or CLASSIC_KINDS))
         results = run_suite(
             bench,
             list(dict.fromkeys(args.set or DEFAULT_SETS)),
             rankers,
             out_folder(args.out),
-            lambda r, s: build_ranker(r, bench, s, args),
+            lambda r, s: build_ranker(RankerSpec(r, r), bench, s, args),
             workers=args.workers,
             limit=args.limit,
         )

@@ -2,6 +2,8 @@
 
     agent = RecThinker(model, env, items=catalog)          # model: any ChatModel, env: RecEnv
     trajectory = agent.run(episode)                        # every turn, tool call and the ranking
+    for item in agent.stream(episode):                     # the same run, one finished turn at a time:
+        ...                                                # each `Step`, then the `Trajectory`
 
 Each assistant turn writes `<analyze>` and `<plan>` and then either tool calls or `<answer>`. Model
 mistakes -- malformed tool JSON, unknown tools, bad arguments, invalid or incomplete answers -- become
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -173,7 +175,6 @@ class RecThinker:
         items: pd.DataFrame | None = None,
         config: AgentConfig | None = None,
         name: str | None = None,
-        on_step: Callable[[Trajectory, Step], None] | None = None,
         fixed_workflow: Sequence[tuple[str, dict[str, Any]]] = (),
     ) -> None:
         self.model = model
@@ -181,7 +182,6 @@ class RecThinker:
         self.items = items
         self.config = config or AgentConfig()
         self.name = name or self.config.mode
-        self.on_step = on_step  # live display / streaming hook, called after each turn
         self.fixed_workflow = list(fixed_workflow)  # (tool, arguments) for the fixed-workflow baseline
         if self.config.mode != "zero-shot" and env is None:
             raise ConfigError(f"mode {self.config.mode!r} needs a tool environment")
@@ -204,6 +204,20 @@ class RecThinker:
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self, episode: Episode) -> Trajectory:
+        """Run the whole episode: `stream` drained, its last item."""
+        *_, traj = self.stream(episode)
+        return traj
+
+    def stream(self, episode: Episode) -> Iterator[Step | Trajectory]:
+        """Run the episode one turn at a time: each `Step` as soon as it is finished, then the `Trajectory`.
+
+        A turn is finished when its tool calls have run and the next model call has not started, so a
+        consumer that stops iterating (closes the generator) stops the run between turns (the service does
+        so when its client leaves or time runs out). The steps are the trajectory's own, yielded once each
+        in order: the fixed-workflow calls (index -1), the assistant turns, the answer turn last; when the
+        answer turn is yielded the trajectory's `ranking` and `valid` are already set. The last item is
+        always the `Trajectory` (the same object `run` returns), with its latency and note filled in.
+        """
         cfg = self.config
         start = time.perf_counter()
         traj = Trajectory(
@@ -230,7 +244,7 @@ class RecThinker:
             },
         ]
         if cfg.mode == "fixed-workflow":
-            self._run_fixed_workflow(traj)
+            yield self._run_fixed_workflow(traj)
         budget = cfg.max_tool_calls if cfg.mode == "agent" else 0
         for index in range(cfg.max_steps):
             if index == cfg.max_steps - 1 and index > 0:
@@ -244,7 +258,8 @@ class RecThinker:
                 traj.note = "context window exceeded before an answer"
                 break
             traj.steps.append(step)
-            if step.answer is not None and not step.problems:
+            if step.answer is not None and not step.problems:  # a valid answer (`traj.valid` is set)
+                yield step
                 break
             if step.tool_calls:
                 budget = self._act(traj, step, budget)
@@ -252,14 +267,11 @@ class RecThinker:
                 traj.messages.append(
                     {"role": "user", "content": "Format problem: " + "; ".join(step.problems)}
                 )
-            if self.on_step:
-                self.on_step(traj, step)
+            yield step
         else:
             traj.note = f"no valid answer within {cfg.max_steps} turns"
-        if traj.valid and self.on_step:
-            self.on_step(traj, traj.steps[-1])
         traj.latency_s = time.perf_counter() - start
-        return traj
+        yield traj
 
     def _system_prompt(self, n_candidates: int, tools: list[dict[str, Any]]) -> str:
         return system_prompt(self.config, n_candidates, tools)
@@ -376,8 +388,8 @@ class RecThinker:
             )
         return budget
 
-    def _run_fixed_workflow(self, traj: Trajectory) -> None:
-        """Call every tool once in a fixed order and put the results into the conversation."""
+    def _run_fixed_workflow(self, traj: Trajectory) -> Step:
+        """Call every tool once in a fixed order and put the results into the conversation (step -1)."""
         step = Step(index=-1, content="(fixed workflow: every tool once, in order)")
         calls = []
         for k, (name, args) in enumerate(self.fixed_workflow):
@@ -411,6 +423,7 @@ class RecThinker:
                 }
             )
         traj.steps.append(step)
+        return step
 
 
 def run_safely(agent: RecThinker, episode: Episode) -> Trajectory:

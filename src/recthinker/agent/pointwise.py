@@ -10,12 +10,12 @@ prefix comes first so that llama.cpp's prompt cache reuses it across the ten que
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from recthinker.agent.prompting import render_item
+from recthinker.agent.rankers import PerThread
 from recthinker.baselines.base import tie_break_keys
+from recthinker.tools.env import RecEnv, ToolHost
 from recthinker.types import Episode, Ranking
 
 QUESTION = "Will this user pick this item next? Answer Yes or No."
@@ -42,17 +42,10 @@ class PointwiseRanker:
         self.with_evidence = with_evidence
         self.n_history = n_history
         self.name = name or ("pointwise-evidence" if with_evidence else "pointwise")
-        self._local = threading.local()
-
-    def _env(self):
-        if not hasattr(self._local, "env"):
-            from recthinker.tools.env import RecEnv, ToolHost
-
-            self._local.env = ToolHost(RecEnv(self.resources))
-        return self._local.env
+        self._envs = PerThread(lambda: ToolHost(RecEnv(self.resources)))
 
     def _evidence(self, episode: Episode) -> list[str]:
-        env = self._env()
+        env = self._envs.get()
         env.reset_episode(episode)
         sig = env.signals(("als",))
         als_rank = np.empty(len(episode.candidates), dtype=int)

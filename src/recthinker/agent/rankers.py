@@ -1,9 +1,10 @@
-"""LLM rankers for the evaluation harness: the agent and the two passive LLM baselines, on one back end.
+"""The agent as a `Ranker`: the agent-level adapters that `recthinker.rankers` builds, and their settings.
 
-    ranker = make_llm_ranker("agent", bench, "dense/test", model=None)   # bundled model
+    ranker = AgentRanker("agent", load_chat_model(None), load_resources(bench, "dense/test"), bench.items)
     ranker.rank(episode)
 
-`agent` investigates with the tools; `zero-shot` ranks from history + candidates (LLMRank-style);
+`default_config` applies the per-kind agent settings (a trained model's `agent.json` included), in one
+place. `agent` investigates with the tools; `zero-shot` ranks from history + candidates (LLMRank-style);
 `fixed-workflow` calls every tool once in a fixed order and then ranks. Each thread gets its own agent
 and `RecEnv` over the shared read-only `Resources`, so `evaluate --workers N` can drive a server
 concurrently. Next to NDCG each episode records `tau_vs_signal`: Kendall's tau between the model's
@@ -15,16 +16,19 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from recthinker.agent.loop import AgentConfig, RecThinker
 from recthinker.errors import ConfigError
-from recthinker.llm import ChatModel, load_chat_model
+from recthinker.llm import ChatModel
 from recthinker.metrics import kendall_tau
 from recthinker.tools.env import TOOLS, RecEnv, ToolHost
 from recthinker.types import Episode, Ranking
+
+T = TypeVar("T")
 
 SIGNAL = "cf_als"  # the strongest single tool signal on ML-1M (see benchmarks/bench_tools.py)
 
@@ -49,25 +53,62 @@ def fixed_workflow_calls(episode: Episode, items) -> list[tuple[str, dict[str, A
     return [(name, {**spec.example, **this_episode.get(name, {})}) for name, spec in TOOLS.items()]
 
 
-def default_config(kind: str, model: ChatModel) -> AgentConfig:
-    """Settings per ranker kind and back end.
+class PerThread(Generic[T]):
+    """`make()`, once per thread, on first use.
 
-    Grammar-constrained turns for in-process llama.cpp (small models need them), free text elsewhere. A
-    model trained by this project runs the agent with the settings it was trained with
-    (`model.agent_settings`: answer form, turn and tool budgets, history shown). The passive baselines get
-    one answer turn plus one correction (LLMRank asks once) and always answer with a permutation.
+    Agents and tool hosts hold per-episode state, so each thread of `evaluate --workers N` or of a rollout
+    gets its own; the chat model and the `Resources` they are built over are shared and read-only.
     """
-    from recthinker.llm import LlamaCpp
 
-    constrained = isinstance(model, LlamaCpp)
-    trained = dict(getattr(model, "agent_settings", None) or {})
-    if kind in ("agent", "agent-evidence"):
-        settings = {**trained, "mode": "agent", "constrained": constrained}
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._local = threading.local()
+
+    def get(self) -> T:
+        if not hasattr(self._local, "value"):
+            self._local.value = self._make()
+        return self._local.value
+
+
+PASSIVE_KEEPS = ("n_history",)  # what the passive baselines take from a trained model's settings
+
+
+def default_config(
+    kind: str,
+    model: ChatModel | None = None,
+    *,
+    settings: Mapping[str, Any] | None = None,
+    passive_keeps: Sequence[str] = PASSIVE_KEEPS,
+    constrained: bool | None = None,
+) -> AgentConfig:
+    """The `AgentConfig` of ranker `kind`: the one place where per-kind agent settings are applied.
+
+    `settings` are the agent settings to run with; by default the model's own (`model.agent_settings`, the
+    `agent.json` of a model this project trained: answer form, turn and tool budgets, history shown); the
+    training pipeline passes its preset's. The agent (`agent`, `agent-evidence`: answer form (c)) and the
+    teacher (a scripted policy in the agent's loop) take all of them. The passive baselines (`zero-shot`,
+    `fixed-workflow`) get one answer turn plus one correction (LLMRank asks once), always answer with a
+    permutation, and take only the settings named in `passive_keeps` (a trained model's history length;
+    the pipeline's references keep its budgets too). Grammar-constrained turns (`constrained`) default to
+    in-process llama.cpp (small models need them); free text elsewhere.
+
+    >>> c = default_config("fixed-workflow", settings={"n_history": 6, "max_tokens": 224})
+    >>> c.mode, c.max_steps, c.n_history, c.max_tokens
+    ('fixed-workflow', 2, 6, 512)
+    """
+    from recthinker.llm import LlamaCpp  # recthinker.llm loads its back ends on first use
+
+    constrained = isinstance(model, LlamaCpp) if constrained is None else constrained
+    trained = dict((getattr(model, "agent_settings", None) or {}) if settings is None else settings)
+    if kind in ("agent", "agent-evidence", "teacher"):
+        config = {**trained, "mode": "agent", "constrained": constrained}
         if kind == "agent-evidence":  # answer form (c): promote/demote over the gathered evidence
-            settings["answer_form"] = "evidence"
-        return AgentConfig(**settings)
-    n_history = {"n_history": trained["n_history"]} if "n_history" in trained else {}
-    return AgentConfig(mode=kind, constrained=constrained, max_steps=2, **n_history)
+            config["answer_form"] = "evidence"
+        return AgentConfig(**config)
+    if kind not in ("zero-shot", "fixed-workflow"):
+        raise ConfigError(f"ranker kind {kind!r} runs no agent loop")
+    kept = {k: trained[k] for k in passive_keeps if k in trained}
+    return AgentConfig(**{**kept, "mode": kind, "constrained": constrained, "max_steps": 2})
 
 
 class AgentRanker:
@@ -82,25 +123,26 @@ class AgentRanker:
         self.resources = resources
         self.items = items
         self.config = config or default_config(kind, model)
-        self._local = threading.local()
+        self._agents = PerThread(self._make_agent)
 
-    def _agent(self) -> tuple[RecThinker, Any]:
-        if not hasattr(self._local, "agent"):
-            env = ToolHost(RecEnv(self.resources))
-            tools_env = None if self.config.mode == "zero-shot" else env
-            self._local.env = env
-            self._local.agent = RecThinker(
-                self.model,
-                tools_env,
-                items=self.items,
-                config=self.config,
-                name=self.name,
-                fixed_workflow=[("user_profile", {})] if self.kind == "fixed-workflow" else (),
-            )
-        return self._local.agent, self._local.env
+    def _make_agent(self) -> tuple[RecThinker, ToolHost]:
+        env = ToolHost(RecEnv(self.resources))
+        agent = RecThinker(
+            self.model,  # read here, not in __init__: a caller may swap in a shared model before the first rank
+            None if self.config.mode == "zero-shot" else env,
+            items=self.items,
+            config=self.config,
+            name=self.name,
+            fixed_workflow=[("user_profile", {})] if self.kind == "fixed-workflow" else (),
+        )
+        return agent, env
+
+    def agent(self) -> RecThinker:
+        """This thread's `RecThinker` (a rollout's policy: `train.rollout` samples from it)."""
+        return self._agents.get()[0]
 
     def rank(self, episode: Episode) -> Ranking:
-        agent, env = self._agent()
+        agent, env = self._agents.get()
         if self.kind == "fixed-workflow":
             agent.fixed_workflow = fixed_workflow_calls(episode, self.items)
         traj = agent.run(episode)
@@ -110,48 +152,16 @@ class AgentRanker:
         return Ranking(items=tuple(traj.ranking), valid=traj.valid, note=traj.note, info=info)
 
 
-def make_llm_ranker(
-    kind: str, bench, episode_set: str, *, model: str | ChatModel | None = None, seed: int = 42
-) -> AgentRanker:
-    """An LLM ranker of `kind` (agent | zero-shot | fixed-workflow | ...) for episodes of `episode_set`.
-
-    `model` is a `load_chat_model` spec or an already loaded `ChatModel` (shared between rankers).
-    """
-    from recthinker.tools.build import load_resources
-
-    if kind not in (
-        "agent",
-        "agent-evidence",
-        "zero-shot",
-        "fixed-workflow",
-        "pointwise",
-        "pointwise-evidence",
-    ):
-        raise ConfigError(f"unknown LLM ranker {kind!r}")
-    resources = load_resources(bench, episode_set, seed=seed)
-    chat = load_chat_model(model) if model is None or isinstance(model, str) else model
-    if kind.startswith("pointwise"):
-        from recthinker.agent.pointwise import PointwiseRanker
-
-        return SignalTau(
-            PointwiseRanker(chat, resources, bench.items, with_evidence=kind == "pointwise-evidence"),
-            resources,
-        )
-    return AgentRanker(kind, chat, resources, bench.items)
-
-
 class SignalTau:
     """Wraps a ranker to add `tau_vs_signal` (Kendall tau vs the ALS order) to each valid ranking's info."""
 
     def __init__(self, ranker, resources) -> None:
-        self.inner, self.name, self._resources = ranker, ranker.name, resources
-        self._local = threading.local()
+        self.inner, self.name = ranker, ranker.name
+        self._envs = PerThread(lambda: ToolHost(RecEnv(resources)))
 
     def rank(self, episode: Episode) -> Ranking:
         ranking = self.inner.rank(episode)
         if not ranking.valid:
             return ranking
-        if not hasattr(self._local, "env"):
-            self._local.env = ToolHost(RecEnv(self._resources))
-        info = {**ranking.info, "tau_vs_signal": tau_vs_signal(self._local.env, episode, ranking.items)}
+        info = {**ranking.info, "tau_vs_signal": tau_vs_signal(self._envs.get(), episode, ranking.items)}
         return Ranking(items=ranking.items, valid=True, note=ranking.note, info=info)

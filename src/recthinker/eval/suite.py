@@ -24,7 +24,6 @@ from recthinker.types import Ranker
 log = logging.getLogger(__name__)
 
 DEFAULT_SETS = ("dense/test", "sparse/test", "loo/test", "loo-20/test")
-CLASSIC = ("random", "pop", "itemknn", "ease", "als", "bpr", "sasrec")
 
 
 def run_suite(

@@ -10,10 +10,12 @@ Events: `start`, then per turn `turn` / `tool_call` / `tool_result`, then `answe
 `GET /v1/sample-users`, `GET /healthz`, the page at `/`, FastAPI's `/openapi.json`, and `/docs` / `/redoc`
 whose Swagger UI and ReDoc scripts come from the `fastapi-offline` package (no CDN: they work offline).
 
-Each request runs the agent in a worker thread. At most `max_concurrency` run at once: a request beyond that
-is refused at once with 503 and `Retry-After` (no queue to wait in). A request that runs past `timeout_s`
-gets 504 (or an `error` event), and one whose client disconnects is cancelled: either way its agent stops
-before its next model call, which frees its slot. A body over `max_body_bytes` gets 413 before it is read.
+Each request iterates the agent's run (`RecThinker.stream`) in a worker thread and sends each finished turn
+as events. At most `max_concurrency` run at once: a request beyond that is refused at once with 503 and
+`Retry-After` (no queue to wait in). A request that runs past `timeout_s` gets 504 (or an `error` event), and
+one whose client disconnects is cancelled: either way its worker stops iterating after the current turn (a
+run still waiting for the model leaves the queue), so no new model call starts and its slot is freed. A body
+over `max_body_bytes` gets 413 before it is read.
 When the model back end cannot be reached (`/healthz` says `unavailable`, HTTP 503), a request gets 503 at
 once, and a run whose model call fails gets 502. The model, the dataset and the limits are fixed when the
 server starts; a request carries only ids and counts.
@@ -29,6 +31,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,7 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recthinker.agent.loop import AgentConfig, RecThinker
 from recthinker.agent.prompting import render_item
-from recthinker.agent.recommend import run_recommend
+from recthinker.agent.recommend import recommendation
 from recthinker.agent.trajectory import Step, Trajectory
 from recthinker.errors import DataError
 from recthinker.llm import ChatModel, LLMServerError
@@ -84,7 +87,8 @@ class ApiError(Exception):
 
 
 class Cancelled(Exception):
-    """The request timed out or its client went away: the agent stops before its next model call."""
+    """The request timed out or its client went away: its run stops between turns, or while it waits for the
+    model, and makes no further model call."""
 
 
 class _BodyTooLarge(Exception):
@@ -181,8 +185,8 @@ def _content_length(scope: Scope) -> int | None:
 
 
 class _CancellableModel:
-    """The shared model behind a gate of `model_slots` calls at once; a run waiting at the gate, or between
-    turns, stops as soon as its request is cancelled (it never holds the model for a client that left)."""
+    """The shared model behind a gate of `model_slots` calls at once; a run waiting at the gate stops (raises
+    `Cancelled`) as soon as its request is cancelled, so it never holds the model for a client that left."""
 
     def __init__(self, model: ChatModel, gate: threading.Semaphore, cancel: threading.Event) -> None:
         self.model, self.gate, self.cancel = model, gate, cancel
@@ -214,8 +218,8 @@ class _Job:
         self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, data))
 
 
-def step_events(traj: Trajectory, step: Step) -> list[tuple[str, dict[str, Any]]]:
-    """The SSE events of one finished assistant turn: the turn, its tool calls and results, the answer."""
+def step_events(step: Step) -> list[tuple[str, dict[str, Any]]]:
+    """The SSE events of one finished assistant turn: the turn, its tool calls and their results."""
     events: list[tuple[str, dict[str, Any]]] = [
         (
             "turn",
@@ -242,9 +246,15 @@ def step_events(traj: Trajectory, step: Step) -> list[tuple[str, dict[str, Any]]
                 },
             )
         )
-    if traj.valid and step.answer is not None and not step.problems:
-        events.append(("answer", {"turn": step.index, "ranking": list(traj.ranking), "raw": step.answer}))
     return events
+
+
+def answer_events(traj: Trajectory) -> list[tuple[str, dict[str, Any]]]:
+    """The `answer` event of a finished run with a valid ranking (its last turn is the answer)."""
+    if not traj.valid:
+        return []
+    step = traj.steps[-1]
+    return [("answer", {"turn": step.index, "ranking": list(traj.ranking), "raw": step.answer})]
 
 
 def sse(kind: str, data: dict[str, Any]) -> str:
@@ -371,12 +381,6 @@ class Service:
         }
 
     def _work(self, job: _Job, episode: Episode, proposed: bool, cfg: AgentConfig) -> None:
-        def on_step(traj: Trajectory, step: Step) -> None:
-            for kind, data in step_events(traj, step):
-                job.emit(kind, data)
-            if job.cancel.is_set():
-                raise Cancelled
-
         last: tuple[str, dict[str, Any]] | None = None
         try:
             agent = RecThinker(
@@ -384,9 +388,9 @@ class Service:
                 ToolHost(RecEnv(self.resources)),
                 items=self.items,
                 config=cfg,
-                on_step=on_step,
             )
-            result = run_recommend(agent, ToolHost(RecEnv(self.resources)), episode, proposed)
+            traj = self._run(job, agent, episode)
+            result = recommendation(traj, ToolHost(RecEnv(self.resources)), episode, proposed)
             shown = [*episode.candidates, *episode.history[-N_HISTORY_SHOWN:]]
             result["items"] = {i: self.item_info(i).model_dump() for i in shown}
             last = ("done", RecommendResponse(**result).model_dump())
@@ -402,6 +406,25 @@ class Service:
             self.release()  # before the last event, so a client that got its answer finds the slot free
         if last is not None:
             job.emit(*last)
+
+    @staticmethod
+    def _run(job: _Job, agent: RecThinker, episode: Episode) -> Trajectory:
+        """Iterate the agent's run, sending each finished turn's events, and return its trajectory.
+
+        Cancellation is checked between turns: once the job is cancelled the run's generator is closed, so
+        its next model call never starts, and `Cancelled` ends the job (`_CancellableModel` raises it too,
+        for a run that is waiting for the model)."""
+        with closing(agent.stream(episode)) as run:
+            for item in run:
+                if isinstance(item, Step):
+                    for kind, data in step_events(item):
+                        job.emit(kind, data)
+                    if job.cancel.is_set():
+                        raise Cancelled
+        traj = item  # the stream's last item
+        for kind, data in answer_events(traj):
+            job.emit(kind, data)
+        return traj
 
     async def backend_problem(self) -> str | None:
         """Why the model back end cannot be used now (None: it can); in-process models always can.

@@ -14,7 +14,8 @@ Only stages live here: functions with typed arguments. The command-line verbs th
 
 Stages (each writes `DIR/stages/<stage>.json` when it finishes; a rerun skips a finished stage):
 
-1. `teacher`  -- the bootstrap teacher's signal weights (`train.teacher.fit_teacher`, cached per benchmark);
+1. `teacher`  -- the bootstrap teacher's signal weights (`train.teacher.fit_teacher`, cached per benchmark;
+   its policy is `agent.teacher`);
 2. `rollout`  -- training episodes from the background (`train.episodes`), the teacher over them with tools
    over the *training* background (`training_resources`) -> `rollout/rollout.jsonl`;
 3. `filter`   -- `filter_trajectories` -> `filter/sft.jsonl` and the per-stage survivor report;
@@ -51,34 +52,34 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from recthinker.agent.loop import AgentConfig
+from recthinker.agent.rankers import default_config
+from recthinker.agent.teacher import TeacherWeights
 from recthinker.errors import ConfigError, RecThinkerError
-from recthinker.train.presets import CLASSIC, TrainPreset
+from recthinker.rankers import CLASSIC_KINDS, LLM_KINDS, PASSIVE_KINDS, TEACHER, RankerSpec, build_ranker
+from recthinker.train.presets import TrainPreset
 
 log = logging.getLogger(__name__)
 
 CONTRACT = ("ndcg@10", "invalid_rate", "mean_tool_calls")
 TRAINED = ("untrained", "sft", "grpo")
 
+AGENT_SETTINGS = ("max_steps", "max_tool_calls", "max_tokens", "n_history", "seed", "answer_form")
+# what the passive references (zero-shot, fixed-workflow) share with the agent: not its turns or answer form
+REFERENCE_SETTINGS = ("max_tool_calls", "max_tokens", "n_history", "seed")
 
-def agent_config(preset: TrainPreset, mode: str = "agent", *, constrained: bool = False):
-    """The `AgentConfig` every stage shares (rollouts, GRPO prompts, evaluation).
 
-    The passive baselines (`zero-shot`, `fixed-workflow`) always answer with a permutation: they rank, by
+def agent_config(preset: TrainPreset, kind: str = "agent", *, constrained: bool = False) -> AgentConfig:
+    """The `AgentConfig` every stage shares (rollouts, GRPO prompts, evaluation): `default_config` of
+    `kind` with the preset's agent settings.
+
+    The passive baselines (`zero-shot`, `fixed-workflow`) keep the preset's budgets and history but not its
+    turns or answer form: they answer once (plus a correction) with a permutation -- they rank, by
     definition, and the evidence form builds on the agent's own tool calls. `constrained` (GBNF turns) is
     for llama.cpp evaluation.
     """
-    from recthinker.agent.loop import AgentConfig
-
-    return AgentConfig(
-        mode=mode,
-        max_steps=preset.max_steps if mode == "agent" else 2,
-        max_tool_calls=preset.max_tool_calls,
-        max_tokens=preset.max_tokens,
-        n_history=preset.n_history,
-        seed=preset.seed,
-        answer_form=preset.answer_form if mode == "agent" else "ranking",
-        constrained=constrained,
-    )
+    settings = {f: getattr(preset, f) for f in AGENT_SETTINGS}
+    return default_config(kind, settings=settings, passive_keeps=REFERENCE_SETTINGS, constrained=constrained)
 
 
 def write_agent_settings(adapter: Path, preset: TrainPreset) -> None:
@@ -143,9 +144,7 @@ class Run:
         return training_resources(self.bench, self.episodes, seed=42)
 
     @cached_property
-    def weights(self):
-        from recthinker.train.teacher import TeacherWeights
-
+    def weights(self) -> TeacherWeights:
         return TeacherWeights.from_dict(json.loads((self.out / "teacher" / "weights.json").read_text()))
 
 
@@ -364,24 +363,23 @@ def eval_model(run: Run, adapter: Path | None) -> Any:
 
 
 def _ranker(run: Run, name: str, adapter: Path | None, resources) -> Any:
-    """The ranker evaluated as `name`: the agent on `eval_model` (base or adapter), or a reference."""
-    from recthinker.agent.rankers import AgentRanker
+    """The ranker evaluated as `name`: the agent on `eval_model` (base or adapter), or a reference.
 
+    Classic references are fitted on this set's background (cached under the benchmark), as `evaluate` does.
+    """
     p = run.preset
-    if name == "teacher":
-        from recthinker.train.teacher import TeacherRanker
-
-        return TeacherRanker(resources, run.bench.items, run.weights, agent_config(p))
-    if name in CLASSIC:  # fitted on this set's background (cached under the benchmark), as `evaluate` does
-        from recthinker.baselines import fitted_ranker
-
-        return fitted_ranker(name, resources.log, resources.model_dir, resources.seed)
-    chat = eval_model(run, adapter)
-    kind = name if name in ("zero-shot", "fixed-workflow") else "agent"
-    config = agent_config(p, kind, constrained=p.eval_backend == "llamacpp")
-    ranker = AgentRanker(kind, chat, resources, run.bench.items, config)
-    ranker.name = name  # the harness folder; `kind` keeps the behaviour
-    return ranker
+    kind = name if name in (TEACHER, *PASSIVE_KINDS, *CLASSIC_KINDS) else "agent"  # untrained, sft, grpo
+    chat = eval_model(run, adapter) if kind in LLM_KINDS else None
+    return build_ranker(
+        RankerSpec(label=name, kind=kind),  # the label names the harness folder; the kind keeps the behaviour
+        run.bench,
+        resources=resources,
+        model=chat,
+        teacher_weights=run.weights if kind == TEACHER else None,
+        config=None
+        if kind in CLASSIC_KINDS
+        else agent_config(p, kind, constrained=chat is not None and p.eval_backend == "llamacpp"),
+    )
 
 
 def _evaluate(run: Run, folder: Path, name: str, adapter: Path | None) -> dict[str, Any]:

@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
 from recthinker.errors import ConfigError
+from recthinker.rankers import CLASSIC_KINDS, PASSIVE_KINDS, TEACHER
 
-CLASSIC = ("random", "pop", "itemknn", "ease", "als", "bpr", "sasrec")  # fitted on each set's background
-REFERENCES = ("teacher", "zero-shot", "fixed-workflow", *CLASSIC)
+# rankers evaluated next to the trained models (classic ones fitted on each set's background)
+REFERENCES = (TEACHER, *PASSIVE_KINDS, *CLASSIC_KINDS)
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """Sample trajectories from any policy over episodes, in parallel, resumably, into JSONL.
 
-A *policy factory* is a no-argument callable that returns a fresh `RecThinker` with its own `RecEnv`;
-`rollout` calls it once per worker thread (so each thread has its own environment over the shared,
-read-only `Resources`). `teacher_policy` wraps the bootstrap teacher, `model_policy` any chat model that
-`load_chat_model` understands (a local model/adapter folder, a .gguf file, or an OpenAI-compatible URL
-such as a vLLM server running a teacher LLM).
+A *policy factory* is a no-argument callable that returns the calling thread's `RecThinker`, with its own
+`RecEnv`; `rollout` calls it once per worker thread (so each thread has its own environment over the
+shared, read-only `Resources`). `teacher_policy` wraps the bootstrap teacher, `model_policy` any chat model
+that `load_chat_model` understands (a local model/adapter folder, a .gguf file, or an OpenAI-compatible URL
+such as a vLLM server running a teacher LLM); both are the per-thread agents of the rankers
+`recthinker.rankers.build_ranker` builds, so a rollout and an evaluation run the same agent.
 
 Each JSONL row is `Trajectory.to_dict()`, so `read_trajectories` reads the file back; `meta` carries the
 sample index, temperature and seed, the episode's split/subset/history length, and the reward-relevant
@@ -23,7 +24,6 @@ import dataclasses
 import json
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -32,9 +32,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from recthinker.agent.loop import AgentConfig, RecThinker, run_safely
+from recthinker.agent.rankers import PerThread
 from recthinker.agent.trajectory import Trajectory
 from recthinker.jsonl import append_jsonl, load_jsonl
 from recthinker.metrics import hit_at_k, ndcg_at_k, target_rank
+from recthinker.rankers import TEACHER, build_ranker
 from recthinker.types import Episode
 
 log = logging.getLogger(__name__)
@@ -43,33 +45,21 @@ PolicyFactory = Callable[[], RecThinker]
 
 
 def teacher_policy(resources, items, weights, config: AgentConfig | None = None) -> PolicyFactory:
-    """Factory of `RecThinker`s driven by the bootstrap teacher (`train.teacher`)."""
-    from recthinker.tools.env import RecEnv, ToolHost
-    from recthinker.train.teacher import BootstrapTeacher
-
-    cfg = config or AgentConfig()
-
-    def make() -> RecThinker:
-        env = ToolHost(RecEnv(resources))
-        teacher = BootstrapTeacher(
-            env, weights, answer_form=cfg.answer_form, max_tool_calls=cfg.max_tool_calls
-        )
-        return RecThinker(teacher, env, items=items, config=cfg)
-
-    return make
+    """Factory of `RecThinker`s driven by the bootstrap teacher (`agent.teacher`), built as `evaluate`
+    builds the teacher ranker."""
+    ranker = build_ranker(
+        TEACHER, None, resources=resources, items=items, teacher_weights=weights, config=config
+    )
+    return ranker.agent
 
 
 def model_policy(model: str | Any, resources, items, config: AgentConfig | None = None) -> PolicyFactory:
-    """Factory of `RecThinker`s over one shared chat model (`model`: a `ChatModel` or a `load_chat_model` spec)."""
-    from recthinker.llm import load_chat_model
-    from recthinker.tools.env import RecEnv, ToolHost
-
-    chat = load_chat_model(model) if model is None or isinstance(model, str | Path) else model
-
-    def make() -> RecThinker:
-        return RecThinker(chat, ToolHost(RecEnv(resources)), items=items, config=config or AgentConfig())
-
-    return make
+    """Factory of `RecThinker`s over one shared chat model (`model`: a `ChatModel` or a `load_chat_model`
+    spec), built as `evaluate` builds the agent ranker; `config` defaults to `AgentConfig()`."""
+    ranker = build_ranker(
+        "agent", None, resources=resources, items=items, model=model, config=config or AgentConfig()
+    )
+    return ranker.agent
 
 
 def reward_fields(traj: Trajectory) -> dict[str, Any]:
@@ -126,16 +116,18 @@ def rollout(
     out.parent.mkdir(parents=True, exist_ok=True)
     done = _read_done(out)
     todo = [(e, k) for e in episodes for k in range(n_samples) if (e.episode_id, k) not in done]
-    local = threading.local()
+
+    def start() -> tuple[RecThinker, AgentConfig]:  # this thread's agent, and the config each sample varies
+        agent = policy_factory()
+        return agent, agent.config
+
+    policies = PerThread(start)
 
     def one(episode: Episode, k: int) -> dict[str, Any]:
-        if not hasattr(local, "agent"):
-            local.agent = policy_factory()
-            local.base = local.agent.config
-        agent: RecThinker = local.agent
+        agent, base = policies.get()
         temp = float(temperatures[k % len(temperatures)])
         seed = int(seeds[k % len(seeds)]) if seeds else k
-        agent.config = dataclasses.replace(local.base, temperature=temp, seed=seed)
+        agent.config = dataclasses.replace(base, temperature=temp, seed=seed)
         traj = run_safely(agent, episode)
         traj.meta.update(
             {
