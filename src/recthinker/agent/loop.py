@@ -28,7 +28,13 @@ import pandas as pd
 from recthinker.agent.evidence import evidence_ranking, evidence_signals
 from recthinker.agent.grammar import turn_grammar
 from recthinker.agent.parse import ParsedRanking, parse_ranking, parse_turn
-from recthinker.agent.prompting import render_for_prompt_mode, task_prompt, template, tools_block
+from recthinker.agent.prompting import (
+    messages,
+    render_for_prompt_mode,
+    task_prompt,
+    template,
+    tools_block,
+)
 from recthinker.agent.trajectory import Step, ToolCallRecord, Trajectory
 from recthinker.errors import ConfigError
 from recthinker.llm import ChatModel, ContextOverflowError, LLMServerError
@@ -83,16 +89,7 @@ class AgentConfig:
 
 
 ANSWER_FORMS = {  # answer form -> (how to answer, the rule about it) in the system prompt
-    "ranking": (
-        'all {n} candidate labels, best first, separated by " > ":\n<answer>[3] > [1] > [7] > ...</answer>',
-        "the answer must list every candidate label exactly once.",
-    ),
-    "evidence": (
-        "say which candidates the evidence understates or overstates:\n<answer>promote [3] [7]; demote [2]</answer>\n"
-        "The candidates are then ordered by the evidence your tool calls returned (cf_scores, item_relations, "
-        "similar_users, ...), promoted ones first, demoted ones last.",
-        "call at least one evidence tool before you answer; promote or demote at most 3 candidates each.",
-    ),
+    form: (text["how"], text["rule"]) for form, text in messages()["answer_forms"].items()
 }
 
 
@@ -134,11 +131,8 @@ def answer_to_ranking(
     return evidence_ranking(answer, candidates, env.signals(models) if keys else {}, keys)
 
 
-INSTRUCTIONS = {
-    "agent": "Investigate with the tools until the evidence suffices, then rank all candidates.",
-    "zero-shot": "Rank all candidates now.",
-    "fixed-workflow": "The tool results below are all the evidence you get. Rank all candidates now.",
-}
+INSTRUCTIONS = messages()["instructions"]  # the task message's last line, per mode
+TURN = messages()["turn"]  # what the loop tells the model between turns
 
 
 def system_prompt(cfg: AgentConfig, n_candidates: int, tools: list[dict[str, Any]] | None = None) -> str:
@@ -248,9 +242,7 @@ class RecThinker:
         budget = cfg.max_tool_calls if cfg.mode == "agent" else 0
         for index in range(cfg.max_steps):
             if index == cfg.max_steps - 1 and index > 0:
-                traj.messages.append(
-                    {"role": "user", "content": "This is your last turn: give the final <answer> now."}
-                )
+                traj.messages.append({"role": "user", "content": TURN["last_turn"]})
             last = index == cfg.max_steps - 1 or budget <= 0
             try:
                 step = self._turn(traj, index, tools, allow_tools=not last)
@@ -265,7 +257,10 @@ class RecThinker:
                 budget = self._act(traj, step, budget)
             if step.problems:
                 traj.messages.append(
-                    {"role": "user", "content": "Format problem: " + "; ".join(step.problems)}
+                    {
+                        "role": "user",
+                        "content": TURN["format_problem"].format(problems="; ".join(step.problems)),
+                    }
                 )
             yield step
         else:
@@ -337,18 +332,13 @@ class RecThinker:
                 for c in turn.tool_calls
             ]
         elif turn.tool_calls:
-            step.problems.append("tools are not available in this task: answer with <answer>")
+            step.problems.append(TURN["no_tools"])
         if turn.malformed_calls:
-            step.problems.append(
-                f"{turn.malformed_calls} <tool_call> block(s) are not valid JSON of the form "
-                '{"name": "<tool>", "arguments": {...}}'
-            )
+            step.problems.append(TURN["malformed_calls"].format(n=turn.malformed_calls))
         if turn.answer is None and not turn.tool_calls and not turn.malformed_calls:
             if result.finish_reason == "length":
-                step.problems.append(f"the turn was cut off at {cfg.max_tokens} tokens: write less")
-            step.problems.append(
-                "write either <tool_call>{...}</tool_call> or the final <answer>[..] > [..]</answer>"
-            )
+                step.problems.append(TURN["cut_off"].format(max_tokens=cfg.max_tokens))
+            step.problems.append(TURN["write_either"].format())
         traj.messages.append(assistant)
         return step
 

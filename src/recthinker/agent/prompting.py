@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from recthinker.llm.base import render_tool_call
 from recthinker.types import Episode
@@ -28,13 +29,22 @@ def template(name: str) -> str:
     return resources.files("recthinker.agent").joinpath("prompts", f"{name}.md").read_text(encoding="utf-8")
 
 
+@cache
+def messages() -> dict[str, Any]:
+    """The short model-facing texts of the loop (`agent/prompts/messages.yaml`)."""
+    text = (
+        resources.files("recthinker.agent").joinpath("prompts", "messages.yaml").read_text(encoding="utf-8")
+    )
+    return yaml.safe_load(text)
+
+
 def prompts_hash() -> str:
     """sha256 over every packaged prompt file: recorded in each run's config to tie runs to prompts."""
     h = hashlib.sha256()
     for path in sorted(
         resources.files("recthinker.agent").joinpath("prompts").iterdir(), key=lambda p: p.name
     ):
-        if path.name.endswith((".md", ".jinja")):
+        if path.name.endswith((".md", ".jinja", ".yaml")):
             h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
