@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recthinker.agent.evidence import standardize
 from recthinker.agent.parse import parse_ranking, parse_turn
-from recthinker.agent.teacher import NAME, TOOL_SIGNAL, TeacherRanker, standardize
+from recthinker.agent.teacher import NAME, TOOL_SIGNAL, TeacherRanker
 from recthinker.agent.trajectory import Step, ToolCallRecord, Trajectory, read_trajectories
 from recthinker.data.benchmark import Benchmark
 from recthinker.metrics import kendall_tau, ndcg_at_k

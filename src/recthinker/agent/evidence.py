@@ -49,19 +49,40 @@ def evidence_signals(calls: Sequence[tuple[str, Mapping[str, Any] | str]]) -> li
     return out
 
 
+def standardize(raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-episode z-scores of the raw tool signals (popularity as log1p; unscored CF items at the minimum).
+
+    The one z-scoring of the project: the teacher's fitted sums and answer form (c)'s equal-weight sums both
+    use it. Popularity counts are heavy-tailed; as log1p their sum with another signal ranks better on ML-1M
+    validation episodes in 12 of 15 measured combinations (`benchmarks/bench_zscore.py`: e.g. +0.011 NDCG@10
+    with ALS on 1,000 loo/valid episodes, +0.045 on sparse/valid; it loses only when paired with genre_match).
+
+    >>> z = standardize({"cf_als": np.array([1.0, -np.inf, 3.0]), "popularity": np.array([0.0, 0.0, 0.0])})
+    >>> [round(float(v), 2) for v in z["cf_als"]], z["popularity"].tolist()
+    ([-0.71, -0.71, 1.41], [0.0, 0.0, 0.0])
+    """
+    out = {}
+    for name, x in raw.items():
+        x = np.asarray(x, dtype=float).copy()
+        finite = np.isfinite(x)
+        x[~finite] = x[finite].min() if finite.any() else 0.0
+        if name == "popularity":
+            x = np.log1p(np.maximum(x, 0.0))
+        sd = x.std()
+        out[name] = (x - x.mean()) / sd if sd > 1e-12 else np.zeros_like(x)
+    return out
+
+
 def base_order(signals: Mapping[str, np.ndarray], keys: Sequence[str]) -> np.ndarray:
     """Candidate indices by the equal-weight sum of the z-scored `keys` signals (descending, stable).
 
     >>> base_order({"a": np.array([1.0, 3.0, 2.0]), "b": np.array([0.0, 0.0, 9.0])}, ["a"]).tolist()
     [1, 2, 0]
     """
+    z = standardize({k: signals[k] for k in keys})
     total = np.zeros(len(next(iter(signals.values()))))
     for k in keys:
-        v = np.asarray(signals[k], dtype=float)
-        v = np.where(np.isfinite(v), v, np.nan)
-        v = np.nan_to_num(v, nan=np.nanmin(v) if np.isfinite(v).any() else 0.0)
-        sd = v.std()
-        total += (v - v.mean()) / sd if sd > 0 else 0.0
+        total += z[k]
     return np.argsort(-total, kind="stable")
 
 

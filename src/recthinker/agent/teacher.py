@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from recthinker.agent.evidence import base_order
+from recthinker.agent.evidence import base_order, standardize
 from recthinker.agent.loop import AgentConfig, RecThinker
 from recthinker.agent.parse import parse_turn
 from recthinker.agent.rankers import PerThread
@@ -75,25 +75,6 @@ MIN_SHOWN = 5  # fewer shown history items than this is a thin history
 MIN_UNSEEN_FOR_INFO = 3  # call item_info when at least this many candidates have no collaborative evidence
 
 # ---- signals and weights ----------------------------------------------------------------------------------
-
-
-def standardize(raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-episode z-scores of the raw tool signals (popularity as log1p; unscored CF items at the minimum).
-
-    >>> z = standardize({"cf_als": np.array([1.0, -np.inf, 3.0]), "popularity": np.array([0.0, 0.0, 0.0])})
-    >>> [round(float(v), 2) for v in z["cf_als"]], z["popularity"].tolist()
-    ([-0.71, -0.71, 1.41], [0.0, 0.0, 0.0])
-    """
-    out = {}
-    for name, x in raw.items():
-        x = np.asarray(x, dtype=float).copy()
-        finite = np.isfinite(x)
-        x[~finite] = x[finite].min() if finite.any() else 0.0
-        if name == "popularity":
-            x = np.log1p(np.maximum(x, 0.0))
-        sd = x.std()
-        out[name] = (x - x.mean()) / sd if sd > 1e-12 else np.zeros_like(x)
-    return out
 
 
 def evidence_key(signals: Sequence[str]) -> str:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from recthinker.agent.teacher import SIGNALS, TeacherWeights, evidence_key, standardize
+from recthinker.agent.evidence import standardize
+from recthinker.agent.teacher import SIGNALS, TeacherWeights, evidence_key
 from recthinker.tools.env import RecEnv, ToolHost
 from recthinker.train.episodes import make_training_episodes, training_resources
 from recthinker.types import Episode
