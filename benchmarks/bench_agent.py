@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from recthinker.agent.rankers import default_config
-from recthinker.data.benchmark import ensure_benchmark
+from recthinker.data.prepared import ensure_benchmark
 from recthinker.eval.harness import evaluate
 from recthinker.llm import OpenAICompatible, load_chat_model, serve_llamacpp
 from recthinker.rankers import TEACHER, build_ranker

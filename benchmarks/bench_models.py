@@ -24,8 +24,9 @@ import json
 import os
 from pathlib import Path
 
-from recthinker.data.benchmark import ensure_benchmark
-from recthinker.eval.harness import evaluate, read_rows, summarize_rows
+from recthinker.data.prepared import ensure_benchmark
+from recthinker.eval.harness import evaluate, summarize_rows
+from recthinker.eval.rundir import read_rows
 from recthinker.llm import load_chat_model
 from recthinker.rankers import RankerSpec, build_ranker
 

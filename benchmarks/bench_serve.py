@@ -31,7 +31,7 @@ import httpx
 import uvicorn
 
 from recthinker.agent.rankers import default_config
-from recthinker.data.benchmark import ensure_benchmark
+from recthinker.data.prepared import ensure_benchmark
 from recthinker.llm import load_chat_model
 from recthinker.serve.app import create_app
 from recthinker.tools.build import load_resources

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recthinker.data.benchmark import ensure_benchmark
+from recthinker.data.prepared import ensure_benchmark
 from recthinker.metrics import ndcg_at_k, target_rank
 from recthinker.tools.build import load_resources
 from recthinker.tools.env import RecEnv, ToolHost

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recthinker.data.benchmark import Benchmark, BenchmarkConfig, build
+from recthinker.data.benchmark import BenchmarkConfig, build
 from recthinker.data.dataset import Dataset, load_atomic_folder
+from recthinker.data.prepared import Benchmark
 
 TINY_USERS = 30
 TINY_ITEMS = 60

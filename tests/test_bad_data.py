@@ -15,15 +15,9 @@ import pandas as pd
 import pytest
 
 from recthinker.data.atomic import read_atomic, read_random
-from recthinker.data.benchmark import (
-    Benchmark,
-    BenchmarkConfig,
-    build,
-    ensure_benchmark,
-    find_manifest,
-    read_episodes,
-)
+from recthinker.data.benchmark import BenchmarkConfig, build
 from recthinker.data.dataset import load_atomic_folder, load_dataset, load_tables
+from recthinker.data.prepared import Benchmark, ensure_benchmark, find_manifest, read_episodes
 from recthinker.errors import DataError
 from recthinker.types import Episode
 
@@ -73,7 +67,7 @@ def test_cached_benchmark_follows_edited_inputs(tmp_path, cache, caplog):
     inter = folder / "toy.inter"
     text = inter.read_text()
     inter.write_text(text + "u0\ti30\t5\t9999\n")  # a new last interaction for u0
-    with caplog.at_level(logging.INFO, logger="recthinker.data.benchmark"):
+    with caplog.at_level(logging.INFO, logger="recthinker.data.prepared"):
         second = ensure_benchmark(folder, cfg=small_cfg())
     assert {e.user_id: e.target for e in second.episodes("loo/test")}["u0"] == "i30" != targets["u0"]
     assert second.manifest["sha256"]["inputs"]["toy.inter"] != first.manifest["sha256"]["inputs"]["toy.inter"]
@@ -101,7 +95,7 @@ def test_explicit_out_is_verified_on_every_load(tmp_path, cache, caplog):
     ensure_benchmark(folder, out=out, cfg=small_cfg())
     with open(folder / "toy.inter", "a") as f:
         f.write("u1\ti31\t4\t9999\n")
-    with caplog.at_level(logging.INFO, logger="recthinker.data.benchmark"):
+    with caplog.at_level(logging.INFO, logger="recthinker.data.prepared"):
         bench = ensure_benchmark(folder, out=out, cfg=small_cfg())
     assert {e.user_id: e.target for e in bench.episodes("loo/test")}["u1"] == "i31"
     assert any("inputs changed" in r.getMessage() and "toy.inter" in r.getMessage() for r in caplog.records)
@@ -642,13 +636,13 @@ def test_hand_edited_cached_benchmark_is_rebuilt(tmp_path, cache, caplog):
     bench = ensure_benchmark(folder, cfg=small_cfg())
     original = (bench.root / "dense" / "test.jsonl").read_bytes()
     _edit_one_line(bench.root / "dense" / "test.jsonl")
-    with caplog.at_level(logging.INFO, logger="recthinker.data.benchmark"):
+    with caplog.at_level(logging.INFO, logger="recthinker.data.prepared"):
         again = ensure_benchmark(folder, cfg=small_cfg())
     assert again.root == bench.root and (again.root / "dense" / "test.jsonl").read_bytes() == original
     (line,) = [r.getMessage() for r in caplog.records if "preparing benchmark" in r.getMessage()]
     assert "dense/test.jsonl changed" in line
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="recthinker.data.benchmark"):
+    with caplog.at_level(logging.INFO, logger="recthinker.data.prepared"):
         ensure_benchmark(folder, cfg=small_cfg())  # unchanged now: no rebuild
     assert not [r for r in caplog.records if "preparing benchmark" in r.getMessage()]
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from recthinker.data.atomic import read_atomic, read_random
-from recthinker.data.benchmark import Benchmark, BenchmarkConfig, build, read_episodes, select_subsets
+from recthinker.data.benchmark import BenchmarkConfig, build, select_subsets
 from recthinker.data.dataset import load_atomic_folder, load_dataset, load_tables
+from recthinker.data.prepared import Benchmark, read_episodes
 from recthinker.errors import DataError
 
 
@@ -244,7 +245,7 @@ def test_bad_episode_line(tmp_path):
 
 @pytest.mark.realdata
 def test_ml1m_benchmark_counts(tmp_path):
-    from recthinker.data.benchmark import ensure_benchmark
+    from recthinker.data.prepared import ensure_benchmark
 
     bench = ensure_benchmark("ml-1m")
     counts = bench.manifest["counts"]

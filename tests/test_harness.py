@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from recthinker.errors import RecThinkerError
-from recthinker.eval.harness import evaluate, read_rows, summarize_rows
+from recthinker.eval.harness import evaluate, summarize_rows
 from recthinker.eval.report import METRICS, markdown_table
+from recthinker.eval.rundir import read_rows
 from recthinker.types import Episode, Ranking
 
 CANDIDATES = tuple(f"i{j}" for j in range(12))

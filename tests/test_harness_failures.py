@@ -25,8 +25,8 @@ from recthinker.eval.harness import (
     FolderLockedError,
     OutputFolderError,
     evaluate,
-    read_rows,
 )
+from recthinker.eval.rundir import read_rows
 from recthinker.llm import LLMServerError
 from recthinker.llm.openai import OpenAICompatible
 from recthinker.types import Episode, Ranking

@@ -301,7 +301,7 @@ def test_fallback_chat_template_only_for_gemma_ggufs_without_one(tmp_path: Path)
 
 def test_gguf_strings_match_gguf_py_on_the_bundled_model() -> None:
     gguf = pytest.importorskip("gguf")
-    from recthinker.llm.llamacpp import gguf_strings
+    from recthinker.llm.gguf_header import gguf_strings
 
     keys = {"general.architecture", "general.name", "tokenizer.chat_template", "no.such.key"}
     reader = gguf.GGUFReader(bundled_model_path())

@@ -21,7 +21,8 @@ from recthinker.llm import (
 )
 from recthinker.llm.base import parse_server_url
 from recthinker.llm.bundled import BUNDLED_HF_NAME
-from recthinker.llm.llamacpp import LlamaCpp, check_gguf, read_gguf_header, start_server
+from recthinker.llm.gguf_header import check_gguf, read_gguf_header
+from recthinker.llm.llamacpp import LlamaCpp, start_server
 
 
 @pytest.fixture

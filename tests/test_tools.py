@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recthinker.data.benchmark import Benchmark, ensure_benchmark
 from recthinker.data.log import InteractionLog
+from recthinker.data.prepared import Benchmark, ensure_benchmark
 from recthinker.errors import ConfigError, DataError, RecThinkerError
 from recthinker.tools import collab
 from recthinker.tools.build import build_resources, load_resources

@@ -12,7 +12,7 @@ from recthinker.agent.evidence import standardize
 from recthinker.agent.parse import parse_ranking, parse_turn
 from recthinker.agent.teacher import NAME, TOOL_SIGNAL, TeacherRanker
 from recthinker.agent.trajectory import Step, ToolCallRecord, Trajectory, read_trajectories
-from recthinker.data.benchmark import Benchmark
+from recthinker.data.prepared import Benchmark
 from recthinker.metrics import kendall_tau, ndcg_at_k
 from recthinker.tools.build import load_resources
 from recthinker.tools.env import TOOL_NAMES, RecEnv, ToolHost
@@ -269,7 +269,7 @@ def test_write_sft_dataset(tmp_path: Path, teacher_rankings):
 def test_teacher_on_ml1m(tmp_path: Path):
     """Separation on ML-1M and the teacher's accuracy band (measured: dense 0.900, sparse 0.761; ALS
     alone 0.899 / 0.756), with 2-3 tool calls per episode."""
-    from recthinker.data.benchmark import ensure_benchmark
+    from recthinker.data.prepared import ensure_benchmark
     from recthinker.eval.harness import evaluate
     from recthinker.train.teacher import fit_teacher
 

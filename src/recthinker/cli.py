@@ -11,7 +11,7 @@ ranker kinds it lists (`recthinker.rankers`).
 The training verbs (`rollout`, `filter`, `sft`, `grpo`, `train`) are grouped below their own header; the
 stages they call live in `train/pipeline.py`.
 
-Why ~780 lines: every verb's flags are here, in one `build_parser`, so `--help`, the range-checked option
+Why ~720 lines: every verb's flags are here, in one `build_parser`, so `--help`, the range-checked option
 types (`argtypes`) and the one-line usage-error contract live in one place; each `cmd_*` only maps its
 flags onto library calls and prints the result.
 """
@@ -94,13 +94,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def _resolve_episodes(args: argparse.Namespace, set_name: str):
     """(benchmark, episode-set name, episodes) from --episodes FILE or --dataset + one --set."""
-    from recthinker.data.benchmark import (
-        REPREPARE,
-        Benchmark,
-        ensure_benchmark,
-        find_manifest,
-        read_episodes,
-    )
+    from recthinker.data.prepared import REPREPARE, Benchmark, ensure_benchmark, find_manifest, read_episodes
 
     if args.episodes:
         if not Path(args.episodes).is_file():
@@ -210,7 +204,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from recthinker.agent.loop import RecThinker
     from recthinker.agent.rankers import default_config
     from recthinker.agent.recommend import recommendation
-    from recthinker.data.benchmark import ensure_benchmark
+    from recthinker.data.prepared import ensure_benchmark
     from recthinker.llm import load_chat_model
     from recthinker.tools.build import load_resources
     from recthinker.tools.candidates import make_episode
@@ -262,7 +256,7 @@ def cmd_tool(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "baselines":
-        from recthinker.data.benchmark import ensure_benchmark
+        from recthinker.data.prepared import ensure_benchmark
         from recthinker.eval.suite import DEFAULT_SETS, results_markdown, run_suite
 
         bench = ensure_benchmark(args.dataset)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from recthinker.agent.loop import AgentConfig
     from recthinker.agent.teacher import TeacherWeights
-    from recthinker.data.benchmark import Benchmark
+    from recthinker.data.prepared import Benchmark
     from recthinker.llm import ChatModel
     from recthinker.tools.resources import Resources
     from recthinker.types import Ranker

@@ -19,6 +19,10 @@ error that lists them. Value rules (what is an error, what is a missing value) a
   field, file order is the time order and a repeated (user, item) row is a repeat interaction, kept.
 - Parsed tables are cached under `cache_dir()/datasets/`, keyed by the inputs' content (sha256), their
   roles and `PARSE_VERSION`, never by a folder's name.
+
+Why ~580 lines: it holds one concept, loading a `Dataset`, and reads top to bottom in the order
+`load_dataset` works: which files a name or folder stands for (`dataset_files`), the parse cache, then the
+table-level checks above, on top of the cell-level ones in `atomic.py`. The rules above span all three.
 """
 
 from __future__ import annotations

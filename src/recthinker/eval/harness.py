@@ -4,7 +4,8 @@ For each ranker, `evaluate` writes `out_dir/<ranker.name>/episodes.jsonl` (one r
 `episode_sha` (a digest of the episode), ranking, validity, target rank, HR/NDCG@{1,5,10}, MRR, latency
 and the ranker's `Ranking.info`), then summarises the rows of *the requested episodes* from disk into
 `out_dir/summary.{json,md,csv}` and `chart.png`. `out_dir/run.json` records which episode set the folder
-holds (`set`, and the digest of every episode ever evaluated there).
+holds (`set`, and the digest of every episode ever evaluated there); reading and checking those records,
+and matching rows to episodes, is `rundir.py`.
 
 Rules it enforces:
 - an invalid `Ranking` scores 0 everywhere (never the candidate order); a *valid* ranking that is not a
@@ -27,18 +28,21 @@ Rules it enforces:
 Usage::
 
     summary = evaluate([PopRanker(log), agent], episodes, Path("outputs/eval-test"), workers=8)
+
+Why ~560 lines: it holds one concept, a run of `evaluate`, and reads top to bottom: scoring one episode
+(the exception boundary), summarising rows, running one ranker over its worker threads (the append, the
+back-end failure count, Ctrl-C), then `evaluate` itself; the rules above span all four.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +52,19 @@ from tqdm.auto import tqdm
 
 from recthinker.errors import DataError, RecThinkerError
 from recthinker.eval.report import METRICS, atomic_write_bytes, write_summary
+from recthinker.eval.rundir import (
+    EpisodeSetMismatchError,
+    OutputFolderError,
+    check_rows,
+    check_run_file,
+    clean_rows,
+    episode_digest,
+    read_rows,
+    read_run_file,
+    rows_of_episodes,
+    set_fingerprint,
+    write_run_file,
+)
 from recthinker.jsonl import FolderLockedError, folder_lock, load_jsonl
 from recthinker.llm import ContextOverflowError, LLMServerError
 from recthinker.metrics import hit_at_k, mean_ci95, mrr, ndcg_at_k, target_rank
@@ -55,21 +72,17 @@ from recthinker.types import Episode, Ranker, Ranking
 
 log = logging.getLogger(__name__)
 
-__all__ = [
+__all__ = [  # with the errors `evaluate` raises (defined beside what they are about, re-exported here)
     "BackendUnavailableError",
     "EpisodeSetMismatchError",
     "FolderLockedError",
     "OutputFolderError",
-    "episode_digest",
     "evaluate",
-    "read_rows",
-    "rows_of_episodes",
     "score_rank",
     "summarize_rows",
 ]
 
 KS = (1, 5, 10)
-RUN_FILE = "run.json"  # which episode set an output folder holds
 _BASE_KEYS = (
     "episode_id",
     "episode_sha",
@@ -85,34 +98,8 @@ _BASE_KEYS = (
 _RESERVED = frozenset((*_BASE_KEYS, *METRICS, "latency_s", "error", "backend_error", "backend_message"))
 
 
-class OutputFolderError(RecThinkerError):
-    """The output folder cannot be used (it cannot be created, or it holds another episode set)."""
-
-
-class EpisodeSetMismatchError(OutputFolderError):
-    """The output folder holds rows of a different episode set than the one requested."""
-
-
 class BackendUnavailableError(RecThinkerError):
     """The model back end failed on several episodes in a row, so `evaluate` stopped early."""
-
-
-def episode_digest(episode: Episode) -> str:
-    """A short sha256 of everything that defines the task (ids, history, candidates, target, split).
-
-    >>> e = Episode(episode_id="u1/test", user_id="u1", history=("a",), candidates=("b", "c"), target="c")
-    >>> from dataclasses import replace
-    >>> len(episode_digest(e)), episode_digest(e) == episode_digest(replace(e, target="b"))
-    (16, False)
-    """
-    text = json.dumps(episode.to_dict(), sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _set_fingerprint(digests: Mapping[str, str]) -> str:
-    """sha256 over the (episode_id, digest) pairs of a set, independent of order."""
-    text = "".join(f"{eid}\t{digests[eid]}\n" for eid in sorted(digests))
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def score_rank(rank: int | None) -> dict[str, float]:
@@ -220,55 +207,6 @@ def _run_episode(ranker: Ranker, episode: Episode) -> tuple[str, dict[str, Any]]
     return line, row
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Read an episodes.jsonl file, tolerating (and dropping) a truncated last line from a crash.
-
-    Args:
-        path: The JSONL file.
-
-    Returns:
-        One dict per complete row, in file order (every row on disk, whatever episode set it belongs to;
-        `rows_of_episodes` keeps those of one set).
-
-    Raises:
-        DataError: A line other than the last is not valid JSON.
-    """
-    return load_jsonl(Path(path))[0]
-
-
-def _matches(row: Mapping[str, Any], episode: Episode, digest: str) -> bool:
-    """Whether a row on disk is a result for this very episode (not another one under the same id)."""
-    if "episode_sha" in row:
-        return row["episode_sha"] == digest
-    # rows written before episode_sha existed: compare what they carry
-    if row.get("user_id") != episode.user_id or row.get("target") != episode.target:
-        return False
-    return not row.get("valid") or sorted(row.get("ranking", ())) == sorted(episode.candidates)
-
-
-def rows_of_episodes(rows: Sequence[Mapping[str, Any]], episodes: Sequence[Episode]) -> list[dict[str, Any]]:
-    """The rows that are results for `episodes`: one per episode that has one, in episode order.
-
-    Rows of other episodes, and rows under a requested id that were made for a different episode (other
-    candidates or target), are left out. Of several rows for one episode the first without an `error`
-    wins, else the last one.
-
-    Args:
-        rows: Rows as read by `read_rows`.
-        episodes: The episodes to keep rows of.
-    """
-    digests = {e.episode_id: episode_digest(e) for e in episodes}
-    by_id = {e.episode_id: e for e in episodes}
-    chosen: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        eid = row.get("episode_id")
-        if eid not in by_id or not _matches(row, by_id[eid], digests[eid]):
-            continue
-        if eid not in chosen or chosen[eid].get("error"):
-            chosen[eid] = dict(row)
-    return [chosen[e.episode_id] for e in episodes if e.episode_id in chosen]
-
-
 def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Means and 95% CIs of the per-episode metrics, plus validity, error, latency and tool statistics.
 
@@ -323,75 +261,6 @@ def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def _count(value: Any) -> int:
     """Tool counts may be stored as numbers or as lists of calls."""
     return len(value) if isinstance(value, list | tuple) else int(value)
-
-
-# -- which episode set a folder holds ------------------------------------------------------------------
-
-
-def _refuse(out_dir: Path, what: str) -> EpisodeSetMismatchError:
-    return EpisodeSetMismatchError(
-        f"{out_dir} holds results of a different episode set ({what}); choose another output folder "
-        "(--out), or pass --no-resume to start over there"
-    )
-
-
-def _read_run_file(out_dir: Path) -> dict[str, Any]:
-    path = out_dir / RUN_FILE
-    if not path.exists():
-        return {}
-    try:
-        run = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc}); delete it or pass --no-resume") from exc
-    if not isinstance(run, dict) or not isinstance(run.get("episodes", {}), dict):
-        raise DataError(f"{path}: not a run record (no `episodes` object); delete it or pass --no-resume")
-    return run
-
-
-def _write_run_file(out_dir: Path, run: Mapping[str, Any]) -> None:
-    atomic_write_bytes(out_dir / RUN_FILE, (json.dumps(run, indent=1) + "\n").encode())
-
-
-def _check_run_file(
-    out_dir: Path, run: Mapping[str, Any], set_name: str | None, digests: Mapping[str, str]
-) -> None:
-    """Refuse when the folder's recorded episode set is not the requested one (resume only)."""
-    old_set = run.get("set")
-    if set_name is not None and old_set is not None and old_set != set_name:
-        raise _refuse(out_dir, f"{old_set!r}, not {set_name!r}")
-    known: dict[str, str] = run.get("episodes", {})
-    for eid, digest in digests.items():
-        if eid in known and known[eid] != digest:
-            raise _refuse(out_dir, f"episode {eid!r} there has other candidates, history or target")
-    if known and not known.keys() & digests.keys():
-        raise _refuse(out_dir, f"none of its {len(known)} episodes is among the {len(digests)} requested")
-
-
-def _check_rows(
-    path: Path,
-    rows: Sequence[Mapping[str, Any]],
-    wanted: Mapping[str, Episode],
-    digests: Mapping[str, str],
-) -> None:
-    """Refuse a ranker file whose rows are results for other episodes than the requested ones."""
-    for lineno, row in enumerate(rows, start=1):
-        eid = row.get("episode_id")
-        if eid in wanted and not _matches(row, wanted[eid], digests[eid]):
-            raise _refuse(path.parent.parent, f"row {lineno} of {path}: episode {eid!r} differs")
-    if rows and not any(r.get("episode_id") in wanted for r in rows):
-        raise _refuse(path.parent.parent, f"none of the {len(rows)} rows of {path} is a requested episode")
-
-
-def _clean_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows to keep on resume: no failed rows (they are retried) and one row per episode id."""
-    kept: list[dict[str, Any]] = []
-    done: set[str] = set()
-    for row in rows:
-        if row.get("error") or row["episode_id"] in done:
-            continue
-        kept.append(row)
-        done.add(row["episode_id"])
-    return kept
 
 
 # -- running one ranker ------------------------------------------------------------------------------
@@ -624,8 +493,8 @@ def _evaluate_locked(
 ) -> dict[str, dict[str, Any]]:
     wanted = {e.episode_id: e for e in episodes}
     digests = {eid: episode_digest(e) for eid, e in wanted.items()}
-    run = _read_run_file(out_dir) if resume else {}
-    _check_run_file(out_dir, run, set_name, digests)
+    run = read_run_file(out_dir) if resume else {}
+    check_run_file(out_dir, run, set_name, digests)
     # every check before any write: a refused run changes nothing
     paths = {r.name: out_dir / r.name / "episodes.jsonl" for r in rankers}
     on_disk: dict[str, tuple[list[dict[str, Any]], bool]] = {}
@@ -633,20 +502,20 @@ def _evaluate_locked(
         for name, path in paths.items():
             if path.exists():
                 on_disk[name] = load_jsonl(path)
-                _check_rows(path, on_disk[name][0], wanted, digests)
+                check_rows(path, on_disk[name][0], wanted, digests)
     run = {
         "set": set_name if set_name is not None else run.get("set"),
         "episodes": {**run.get("episodes", {}), **digests},
         "summary_episodes": run.get("summary_episodes"),
     }
-    _write_run_file(out_dir, run)
+    write_run_file(out_dir, run)
 
     results: dict[str, _Progress] = {}
     for ranker in rankers:
         path = paths[ranker.name]
         path.parent.mkdir(parents=True, exist_ok=True)
         rows, clean = on_disk.get(ranker.name, ([], True))
-        kept = _clean_rows(rows)
+        kept = clean_rows(rows)
         if not resume or not path.exists() or not clean or len(kept) != len(rows):
             atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         done = {r["episode_id"] for r in rows_of_episodes(kept, episodes)}
@@ -667,8 +536,8 @@ def _evaluate_locked(
             )
     summary = _merged_summary(out_dir, [r.name for r in rankers], episodes, keep_old=resume)
     write_summary(summary, out_dir)
-    run["summary_episodes"] = {"n": len(episodes), "sha256": _set_fingerprint(digests)}
-    _write_run_file(out_dir, run)
+    run["summary_episodes"] = {"n": len(episodes), "sha256": set_fingerprint(digests)}
+    write_run_file(out_dir, run)
     for name in results:
         s = summary[name]
         log.info(

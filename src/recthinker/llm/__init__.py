@@ -7,7 +7,8 @@ llama.cpp nor torch:
 
 - `base.py`: the `ChatModel` protocol, `ChatResult`, the errors, what the back ends share.
 - `OpenAICompatible` (`openai.py`): any `/v1/chat/completions` server (vLLM, SGLang, llama.cpp, Ollama, OpenAI).
-- `LlamaCpp`, `serve_llamacpp` (`llamacpp.py`): llama.cpp in-process through `xllamacpp`.
+- `LlamaCpp`, `serve_llamacpp` (`llamacpp.py`): llama.cpp in-process through `xllamacpp`; `gguf_header.py`
+  reads and checks a GGUF file's header before llama.cpp loads it.
 - `HFChat` (`hf.py`): transformers + optional PEFT LoRA adapter, Hermes/Qwen `<tool_call>` parsing.
 - `bundled.py`: the bundled SmolLM2 GGUF, the committed default adapter (`default_model/`), `agent.json`.
 - `export.py`: a LoRA adapter merged into the bundled GGUF (numpy + gguf-py, cached), for llama.cpp.

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recthinker.data.benchmark import Benchmark
 from recthinker.data.log import InteractionLog, Vocab
+from recthinker.data.prepared import Benchmark
 from recthinker.errors import DataError
 from recthinker.tools import collab, item
 from recthinker.tools.resources import Catalog, Index, Resources

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recthinker.data.benchmark import Benchmark, ensure_benchmark
+from recthinker.data.prepared import Benchmark, ensure_benchmark
 from recthinker.errors import ConfigError, DataError, RecThinkerError
 from recthinker.metrics import ndcg_at_k, target_rank
 from recthinker.tools.build import load_resources

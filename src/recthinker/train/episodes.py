@@ -35,8 +35,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from recthinker.data.benchmark import Benchmark, _episode, sample_negatives
+from recthinker.data.benchmark import _episode, sample_negatives
 from recthinker.data.log import InteractionLog
+from recthinker.data.prepared import Benchmark
 from recthinker.errors import ConfigError, DataError
 from recthinker.types import Episode
 

@@ -127,13 +127,13 @@ class Run:
 
     @cached_property
     def bench(self):
-        from recthinker.data.benchmark import ensure_benchmark
+        from recthinker.data.prepared import ensure_benchmark
 
         return ensure_benchmark(self.dataset)
 
     @cached_property
     def episodes(self):
-        from recthinker.data.benchmark import read_episodes
+        from recthinker.data.prepared import read_episodes
 
         return read_episodes(self.out / "rollout" / "episodes.jsonl")
 
@@ -216,7 +216,7 @@ def episodes_and_resources(
     With `set_name`: that benchmark episode set (its first `n_episodes`; 0 = all) and its tools. Without:
     `n_episodes` training episodes (drawn with `seed`) over the training background.
     """
-    from recthinker.data.benchmark import ensure_benchmark
+    from recthinker.data.prepared import ensure_benchmark
 
     bench = ensure_benchmark(dataset)
     if set_name:
@@ -417,7 +417,8 @@ def pooled_metrics(run: Run, name: str, by_set: dict[str, Any]) -> dict[str, Any
     Only the rows of the episodes this preset evaluates count: a folder may also hold rows of an earlier
     run with another `eval_limit`.
     """
-    from recthinker.eval.harness import read_rows, rows_of_episodes, summarize_rows
+    from recthinker.eval.harness import summarize_rows
+    from recthinker.eval.rundir import read_rows, rows_of_episodes
 
     rows = []
     for s in run.preset.eval_sets:
