@@ -5,6 +5,10 @@
 
 A module may import its own layer and the layers below it, never one above; and no set of modules imports
 each other in a cycle. Both are read from the source (ast), so a function-level import counts like any other.
+
+Imports belong at the top of a module. One inside a function says why on its line or the line above (a
+heavy library such as torch, or keeping `recthinker --help` fast); an import right after a commented one in
+the same block shares its comment.
 """
 
 from __future__ import annotations
@@ -124,3 +128,76 @@ def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
     finally:
         SRC = old
     assert found == [("recthinker.agent.loop", 2), ("recthinker.eval.harness", 3)]
+
+
+def undocumented_function_imports(source: str) -> list[int]:
+    """The lines of the imports inside functions that carry no comment: none on their lines, none on the line
+    just above, and not right after (only blank lines between) a commented import of the same block."""
+    lines = source.splitlines()
+    found: list[int] = []
+
+    def commented(node: ast.stmt) -> bool:
+        # An import statement holds no string literal, so a "#" on its lines starts a comment.
+        own = lines[node.lineno - 1 : node.end_lineno]
+        return any("#" in line for line in own) or (
+            node.lineno > 1 and lines[node.lineno - 2].lstrip().startswith("#")
+        )
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for name in ("body", "orelse", "finalbody"):
+            block = getattr(node, name, None)
+            if in_function and isinstance(block, list):
+                said = False  # the previous statement of this block is an import that says why
+                for stmt in block:
+                    if isinstance(stmt, ast.Import | ast.ImportFrom):
+                        said = said or commented(stmt)
+                        if not said:
+                            found.append(stmt.lineno)
+                    else:
+                        said = False
+        for child in ast.iter_child_nodes(node):
+            visit(child, in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef))
+
+    visit(ast.parse(source), False)
+    return found
+
+
+def test_every_function_level_import_says_why():
+    bare = [
+        f"{path.relative_to(SRC)}:{line}"
+        for path in sorted(SRC.joinpath("recthinker").rglob("*.py"))
+        for line in undocumented_function_imports(path.read_text(encoding="utf-8"))
+    ]
+    assert not bare, (
+        "imports inside functions without a comment saying why (move them to the top of the module, or say "
+        "why not on the line or the line above, e.g. `# heavy: torch`):\n" + "\n".join(bare)
+    )
+
+
+def test_the_why_checker():
+    source = (
+        "import os\n"  # module level: needs no comment
+        "def f():\n"
+        "    import torch  # heavy: torch\n"
+        "    from trl import SFTConfig\n"  # shares the comment above
+        "\n"
+        "    from recthinker import x\n"  # still the same block of imports
+        "    y = 1\n"
+        "    import json\n"  # 8: after code, bare
+        "    # heavy: transformers\n"
+        "    from transformers import (\n"
+        "        AutoTokenizer,\n"
+        "    )\n"
+        "    if y:\n"
+        "        from recthinker import z\n"  # 14: nested block, bare
+        "    def g():\n"
+        "        from recthinker import (  # looked up at call time\n"
+        "            w,\n"
+        "        )\n"
+        "        import numpy\n"
+        "class C:\n"
+        "    import re\n"  # a class body is not a function
+        "    def m(self):\n"
+        "        import gc\n"  # 23: bare
+    )
+    assert undocumented_function_imports(source) == [8, 14, 23]

@@ -28,10 +28,11 @@ import threading
 from pathlib import Path
 from typing import NoReturn
 
+import recthinker.rankers
 from recthinker import argtypes
 from recthinker.errors import ConfigError, RecThinkerError
 from recthinker.rankers import CLASSIC_KINDS, KINDS, LLM_KINDS, RankerSpec, parse_ranker_spec
-from recthinker.train.presets import PRESETS
+from recthinker.train.presets import PRESETS, with_overrides
 
 log = logging.getLogger("recthinker")
 
@@ -70,6 +71,7 @@ def out_folder(path: str) -> Path:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    # imported in the verb, as in every verb: --help loads only what its parser needs
     from recthinker.data.benchmark import BenchmarkConfig, build, check_out
     from recthinker.data.dataset import load_dataset
 
@@ -94,6 +96,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def _resolve_episodes(args: argparse.Namespace, set_name: str):
     """(benchmark, episode-set name, episodes) from --episodes FILE or --dataset + one --set."""
+    # imported in the verb, as in every verb: --help loads only what its parser needs
     from recthinker.data.prepared import REPREPARE, Benchmark, ensure_benchmark, find_manifest, read_episodes
 
     if args.episodes:
@@ -140,6 +143,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_sets(args: argparse.Namespace, sets: list, specs: list, root: Path) -> int:
+    # imported in the verb: scipy.stats (metrics) stays out of --help
     from recthinker.eval.harness import evaluate
     from recthinker.eval.report import markdown_table
 
@@ -185,10 +189,9 @@ def build_ranker(spec, bench, name: str, args: argparse.Namespace, models: dict 
     """`recthinker.rankers.build_ranker` with this verb's flags: --seed, --model (LLM kinds without
     `@MODEL`), --threads; `models` caches loaded chat models by spec. The teacher's weights are fitted here
     (training's job, cached under the benchmark), only when a teacher is built."""
-    from recthinker import rankers  # the module: this function has its builder's name
-    from recthinker.train.teacher import fit_teacher
+    from recthinker.train.teacher import fit_teacher  # imported when called: scipy.stats stays out of --help
 
-    return rankers.build_ranker(
+    return recthinker.rankers.build_ranker(  # the module's: this function has its builder's name
         spec,
         bench,
         name,
@@ -201,6 +204,7 @@ def build_ranker(spec, bench, name: str, args: argparse.Namespace, models: dict 
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
+    # imported in the verb: the agent, its tools and scipy.stats (metrics) stay out of --help
     from recthinker.agent.loop import RecThinker
     from recthinker.agent.rankers import default_config
     from recthinker.agent.recommend import recommendation
@@ -225,6 +229,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         result = recommendation(agent.run(episode), evidence_env, episode, proposed)
         print(json.dumps(result, ensure_ascii=False))
     else:
+        # imported in the verb: rich (the live view) stays out of --help
         from rich.console import Console
 
         from recthinker.cli_view import watch
@@ -234,13 +239,13 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from recthinker.serve.app import main as serve_main
+    from recthinker.serve.app import main as serve_main  # imported in the verb: fastapi stays out of --help
 
     return serve_main(args.dataset, args.host, args.port, args.model, args.max_concurrency, args.timeout_s)
 
 
 def cmd_tool(args: argparse.Namespace) -> int:
-    from recthinker.tools.commands import run_tool
+    from recthinker.tools.commands import run_tool  # imported in the verb: scipy.stats stays out of --help
 
     try:
         tool_args = json.loads(args.args) if args.args else {}
@@ -256,6 +261,7 @@ def cmd_tool(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "baselines":
+        # imported in the verb: scipy.stats (metrics) stays out of --help
         from recthinker.data.prepared import ensure_benchmark
         from recthinker.eval.suite import DEFAULT_SETS, results_markdown, run_suite
 
@@ -274,6 +280,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}/results.json and results.md")
         return 0
     if args.what == "tools":
+        # imported in the verb: scipy.stats (metrics) stays out of --help
         from recthinker.tools.commands import bench_tools
 
         result = bench_tools(args.dataset, out_folder(args.out))
@@ -286,6 +293,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
+    # imported in the verb: the training stages, the agent and scipy.stats stay out of --help
     from recthinker.agent.loop import AgentConfig
     from recthinker.train.pipeline import episodes_and_resources
     from recthinker.train.rollout import model_policy, rollout, teacher_policy
@@ -297,7 +305,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         max_steps=args.max_steps, max_tool_calls=args.max_tool_calls, max_tokens=args.max_tokens
     )
     if args.policy == "teacher":
-        from recthinker.train.teacher import fit_teacher
+        from recthinker.train.teacher import fit_teacher  # as above: imported in the verb
 
         weights = fit_teacher(bench, n_episodes=args.teacher_fit, seed=0)
         factory = teacher_policy(resources, bench.items, weights, config)
@@ -316,6 +324,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
+    # imported in the verb: the training stages, the agent and scipy.stats stay out of --help
     from recthinker.train.filtering import filter_trajectories, write_sft_dataset
     from recthinker.train.rollout import read_rollout
 
@@ -336,6 +345,7 @@ def cmd_filter(args: argparse.Namespace) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
+    # imported in the verb: the training stages, the agent and scipy.stats stay out of --help
     from recthinker.train.pipeline import fitting_rows
     from recthinker.train.sft import run_sft
 
@@ -369,6 +379,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 
 def cmd_grpo(args: argparse.Namespace) -> int:
+    # imported in the verb: the training stages, the agent and scipy.stats stay out of --help
     from recthinker.agent.loop import AgentConfig
     from recthinker.tools.env import RecEnv
     from recthinker.train.grpo import grpo_row, run_grpo
@@ -399,8 +410,8 @@ def cmd_grpo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    # imported in the verb: the training stages, the agent and scipy.stats stay out of --help
     from recthinker.train.pipeline import CONTRACT, TRAINED, publish_adapter, run_pipeline
-    from recthinker.train.presets import with_overrides
 
     preset = with_overrides(PRESETS[args.preset], args.set or [])
     metrics = run_pipeline(preset, Path(args.out), dataset=args.dataset, model=args.model)
@@ -414,7 +425,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _model_dir(model: str | None) -> Path:
     """`--model` of `sft`: a local transformers model folder, or the bundled SmolLM2-135M when omitted."""
     if model is None:
-        from recthinker.train.model import bundled_hf_model
+        from recthinker.train.model import bundled_hf_model  # as in every verb: imported when used
 
         return bundled_hf_model()
     if not Path(model).is_dir():

@@ -136,6 +136,7 @@ def build_ranker(
         else:
             ranker = fitted_ranker(kind, bench.background(episode_set), bench.root / "models", seed)
     elif kind == TEACHER:
+        # the agent stack, imported when a ranker needs it (see above)
         from recthinker.agent.rankers import default_config
         from recthinker.agent.teacher import TeacherRanker
 
@@ -147,6 +148,7 @@ def build_ranker(
         items = bench.items if items is None else items
         ranker = TeacherRanker(resources, items, weights, config or default_config(kind))
     elif kind in LLM_KINDS:
+        # the agent stack, imported when a ranker needs it (see above)
         from recthinker.agent.pointwise import PointwiseRanker
         from recthinker.agent.rankers import AgentRanker, SignalTau, default_config
 
@@ -166,7 +168,7 @@ def build_ranker(
 
 
 def _resources(bench: Benchmark, episode_set: str | None, seed: int) -> Resources:
-    from recthinker.tools.build import load_resources
+    from recthinker.tools.build import load_resources  # imported when a ranker needs it (see build_ranker)
 
     return load_resources(bench, episode_set, seed=seed)
 
@@ -175,7 +177,7 @@ def _chat_model(
     spec: str | os.PathLike | ChatModel | None, models: MutableMapping[Any, ChatModel] | None, threads: int
 ) -> ChatModel:
     """`spec` itself when it is a loaded model; else `load_chat_model(spec)`, through the `models` cache."""
-    from recthinker.llm import load_chat_model
+    from recthinker.llm import load_chat_model  # imported when a ranker needs it (see build_ranker)
 
     if spec is not None and not isinstance(spec, str | os.PathLike):
         return spec

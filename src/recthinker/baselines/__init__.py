@@ -10,6 +10,8 @@ EASEScorer(lam=250.0)
 
 from __future__ import annotations
 
+import numpy as np
+
 from recthinker.baselines.als import ALSScorer
 from recthinker.baselines.base import Scorer, ScorerRanker, fit_or_load
 from recthinker.baselines.bpr import BPRScorer
@@ -63,8 +65,6 @@ __all__ = [
 
 def fitted_ranker(name: str, log, cache_dir, seed: int) -> ScorerRanker:
     """The `name` scorer fitted on `log` (or loaded from `cache_dir`), with seed `seed`, as a `Ranker`."""
-    import numpy as np
-
     return ScorerRanker(
         fit_or_load(make_scorer(name), log, cache_dir, np.random.default_rng(seed)), name=name
     )

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 METRICS = ("hr@1", "hr@5", "hr@10", "ndcg@1", "ndcg@5", "ndcg@10", "mrr")
@@ -99,8 +101,7 @@ def _csv_text(summary: Mapping[str, Mapping[str, Any]]) -> str:
 
 def _chart_png(summary: Mapping[str, Mapping[str, Any]]) -> bytes:
     # Figure + its Agg canvas directly: no pyplot, so no global backend switch in the caller's process.
-    import numpy as np
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy: matplotlib
 
     names = list(summary)
     x = np.arange(len(names))

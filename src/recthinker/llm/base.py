@@ -9,6 +9,7 @@ httpx, llama.cpp and torch are imported by the back ends (`openai.py`, `llamacpp
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import numbers
 import re
@@ -299,8 +300,6 @@ def parse_server_url(spec: str) -> tuple[str, str]:
 
 
 def _is_ip(host: str) -> bool:
-    import ipaddress
-
     try:
         ipaddress.ip_address(host)
     except ValueError:

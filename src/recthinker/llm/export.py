@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, Keys, quants
 
+from recthinker.data.dataset import cache_dir
 from recthinker.errors import ConfigError
 from recthinker.llm.bundled import bundled_model_path
 
@@ -195,8 +197,6 @@ def adapter_sha256(adapter_dir: Path) -> str:
 
 def _field_value(field: Any) -> Any:
     """A reader field's value in the form `GGUFWriter.add_key_value` takes; strings stay raw bytes."""
-    from gguf import GGUFValueType
-
     if field.types[0] == GGUFValueType.ARRAY:
         if len(field.types) != 2:
             raise ConfigError(f"GGUF metadata {field.name}: nested arrays are not supported")
@@ -210,8 +210,6 @@ def _field_value(field: Any) -> Any:
 
 def _as_weight_type(weight: np.ndarray) -> tuple[np.ndarray, Any]:
     """`weight` (float32, GGUF layout) as `WEIGHT_TYPE` blocks, or F16 when its rows do not split into blocks."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
-
     qtype = GGMLQuantizationType[WEIGHT_TYPE]
     if weight.shape[-1] % GGML_QUANT_SIZES[qtype][0]:
         return weight.astype(np.float16), GGMLQuantizationType.F16
@@ -220,7 +218,6 @@ def _as_weight_type(weight: np.ndarray) -> tuple[np.ndarray, Any]:
 
 def _merge(reader: Any, pairs: list[LoraPair]) -> dict[str, tuple[np.ndarray, Any]]:
     """(data, type) of every adapted tensor after the merge: `WEIGHT_TYPE` blocks, F32 if the base is F32."""
-    from gguf import GGMLQuantizationType, quants
 
     def uint(key: str) -> int:
         field = reader.get_field(key)
@@ -254,8 +251,6 @@ def _merge(reader: Any, pairs: list[LoraPair]) -> dict[str, tuple[np.ndarray, An
 
 def _requantized(reader: Any, done: set[str]) -> dict[str, tuple[np.ndarray, Any]]:
     """(data, type) of every base weight in a `REQUANTIZED` type (outside `done`), as `WEIGHT_TYPE`."""
-    from gguf import quants
-
     return {
         t.name: _as_weight_type(quants.dequantize(t.data, t.tensor_type))
         for t in reader.tensors
@@ -277,8 +272,6 @@ def export_gguf(adapter_dir: Path, out_path: Path, base_gguf: Path | None = None
     Raises:
         ConfigError: The adapter or base cannot be merged (see `read_adapter`; non-llama base; shapes).
     """
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter, Keys
-
     start = time.perf_counter()
     adapter_dir, out_path = Path(adapter_dir), Path(out_path)
     base_path = Path(base_gguf) if base_gguf is not None else bundled_model_path()
@@ -344,8 +337,6 @@ def adapter_gguf(adapter_dir: Path) -> Path:
     Returns:
         The cached GGUF file (keyed by the adapter's config and weights and by `EXPORT_FORMAT`).
     """
-    from recthinker.data.dataset import cache_dir
-
     adapter_dir = Path(adapter_dir)
     for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         if not (adapter_dir / name).is_file():

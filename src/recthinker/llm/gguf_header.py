@@ -11,11 +11,14 @@ template). Little-endian GGUF v2 and v3 only: the versions llama.cpp reads.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from recthinker.errors import ConfigError
 
@@ -100,8 +103,6 @@ def read_gguf_header(model_path: str | Path, keys: set[str] | frozenset[str] = f
         ConfigError: not a file, empty, not GGUF, an unsupported version, or a header that is cut off
             or inconsistent (naming the file and what is wrong).
     """
-    import mmap
-
     path = Path(model_path)
     where = f"GGUF file {str(path)!r}"
     if path.is_dir():
@@ -120,8 +121,6 @@ def read_gguf_header(model_path: str | Path, keys: set[str] | frozenset[str] = f
 
 
 def _parse_gguf_header(buf: Any, size: int, where: str, keys: set[str] | frozenset[str]) -> GGUFHeader:
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
     known_types = {t.value: GGML_QUANT_SIZES[t] for t in GGMLQuantizationType if t in GGML_QUANT_SIZES}
     cur = _Cursor(buf)
     if bytes(buf[:4]) != b"GGUF":

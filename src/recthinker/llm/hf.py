@@ -168,7 +168,7 @@ class HFChat:
         return self._model, self._tokenizer
 
     def _load_now(self) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: transformers, torch
 
         start = time.perf_counter()
         tok_dir = self.model_dir
@@ -177,7 +177,7 @@ class HFChat:
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
         model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype)
         if self.adapter_dir is not None:
-            from peft import PeftModel
+            from peft import PeftModel  # heavy: peft
 
             model = PeftModel.from_pretrained(model, self.adapter_dir)
         self._model = model.to(self.device).eval()
@@ -209,7 +209,7 @@ class HFChat:
             raise NotImplementedError(
                 "HFChat cannot constrain output to a JSON schema or grammar; use LlamaCpp or a llama.cpp/vLLM server"
             )
-        import torch
+        import torch  # heavy: torch, transformers
         from transformers import GenerationConfig
 
         start = time.perf_counter()
@@ -263,7 +263,7 @@ class HFChat:
 
     def logprobs_of(self, messages: list[dict[str, Any]], options: list[str]) -> list[float]:
         """Exact log P(option | prompt) for each option, summed over the option's own tokens."""
-        import torch
+        import torch  # heavy: torch
 
         with self._lock:
             model, tokenizer = self._load()

@@ -26,6 +26,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import httpx
+from gguf import Keys
+
 from recthinker.errors import ConfigError
 from recthinker.llm.base import (
     ChatResult,
@@ -58,8 +61,6 @@ def fallback_chat_template(model_path: str | Path) -> str | None:
     turn format (`agent/prompts/gemma_chat_template.jinja`); any other GGUF gets None: its own template, or
     llama.cpp's default.
     """
-    from gguf import Keys
-
     meta = gguf_strings(model_path, {Keys.General.ARCHITECTURE, Keys.Tokenizer.CHAT_TEMPLATE})
     if Keys.Tokenizer.CHAT_TEMPLATE in meta or not meta.get(Keys.General.ARCHITECTURE, "").startswith(
         "gemma"
@@ -96,7 +97,7 @@ def start_server(
         chat_template: A Jinja chat template replacing the GGUF's; None keeps the GGUF's own, or for a
             GGUF without one, `fallback_chat_template` (else llama.cpp's ChatML default).
     """
-    import xllamacpp
+    import xllamacpp  # heavy: llama.cpp's native library
 
     path = Path(model_path)
     check_settings(n_ctx=n_ctx, n_threads=n_threads, n_parallel=n_parallel)
@@ -261,20 +262,18 @@ def serve_llamacpp(
         n_ctx: Context window in tokens (shared by the parallel slots).
         n_parallel: Requests decoded together.
     """
-    import httpx
-
     server = start_server(
         model_path, n_ctx=n_ctx, n_threads=n_threads, n_parallel=n_parallel, host=host, port=port
     )
     address = server.listening_address  # e.g. http://127.0.0.1:41235
     try:
-        _wait_healthy(httpx, address, timeout_s=30.0)
+        _wait_healthy(address, timeout_s=30.0)
         yield address + "/v1"
     finally:
         del server  # ~Server stops the HTTP listener and the engine thread
 
 
-def _wait_healthy(httpx: Any, address: str, timeout_s: float) -> None:
+def _wait_healthy(address: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:

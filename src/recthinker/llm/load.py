@@ -24,6 +24,7 @@ SPEC_FORMS = "'base', http(s)://host:port/v1#model-name, a .gguf file, or a mode
 
 def adapter_on_llamacpp(adapter_dir: Path, n_threads: int = 1) -> ChatModel:
     """An adapter of the bundled model, merged into its GGUF (cached), on llama.cpp, with its `agent.json`."""
+    # the back ends, imported when a spec needs one: `import recthinker.llm` stays free of httpx and gguf
     from recthinker.llm.export import adapter_gguf
     from recthinker.llm.hf import ADAPTER_CONFIG, check_adapter_weights, read_json_object
     from recthinker.llm.llamacpp import LlamaCpp
@@ -64,7 +65,7 @@ def load_chat_model(spec: str | os.PathLike | None, *, n_threads: int = 1) -> Ch
         adapter = default_adapter_dir() if spec is None else None
         if adapter is not None:
             return adapter_on_llamacpp(adapter, n_threads)
-        from recthinker.llm.llamacpp import LlamaCpp
+        from recthinker.llm.llamacpp import LlamaCpp  # back end, imported when a spec needs it (httpx, gguf)
 
         return LlamaCpp(bundled_model_path(), n_threads=n_threads)
     if isinstance(spec, os.PathLike):
@@ -72,13 +73,13 @@ def load_chat_model(spec: str | os.PathLike | None, *, n_threads: int = 1) -> Ch
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"model spec {spec!r} is empty or not text: give {SPEC_FORMS}")
     if spec.lower().startswith(("http:", "https:")) or "://" in spec:
-        from recthinker.llm.openai import OpenAICompatible
+        from recthinker.llm.openai import OpenAICompatible  # back end, imported when a spec needs it (httpx)
 
         url, model = parse_server_url(spec)
         return OpenAICompatible(url, model)
     path = Path(spec).expanduser()
     if path.is_file() or path.suffix.lower() == ".gguf":
-        from recthinker.llm.llamacpp import LlamaCpp
+        from recthinker.llm.llamacpp import LlamaCpp  # back end, imported when a spec needs it (httpx, gguf)
 
         return LlamaCpp(path, n_threads=n_threads)  # checks the file's GGUF header first
     if path.is_dir():
@@ -90,7 +91,7 @@ def load_chat_model(spec: str | os.PathLike | None, *, n_threads: int = 1) -> Ch
 
 def _folder_model(path: Path, n_threads: int) -> ChatModel:
     """A transformers model folder or a PEFT LoRA adapter folder, checked before anything loads it."""
-    from recthinker.llm.hf import (
+    from recthinker.llm.hf import (  # back end, imported when a spec needs it
         ADAPTER_CONFIG,
         HFChat,
         check_adapter_weights,

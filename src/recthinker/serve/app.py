@@ -51,10 +51,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recthinker.agent.loop import AgentConfig, RecThinker
 from recthinker.agent.prompting import render_item
+from recthinker.agent.rankers import default_config
 from recthinker.agent.recommend import recommendation
 from recthinker.agent.trajectory import Step, Trajectory
+from recthinker.data.prepared import ensure_benchmark
 from recthinker.errors import DataError
-from recthinker.llm import ChatModel, LLMServerError
+from recthinker.llm import ChatModel, LLMServerError, load_chat_model
 from recthinker.serve.middleware import BodyLimit, SameOriginPages
 from recthinker.serve.schemas import (
     ErrorBody,
@@ -64,6 +66,7 @@ from recthinker.serve.schemas import (
     RecommendResponse,
     SampleUser,
 )
+from recthinker.tools.build import load_resources
 from recthinker.tools.candidates import make_episode, propose_candidates
 from recthinker.tools.env import RecEnv, ToolHost
 from recthinker.types import Episode
@@ -603,12 +606,7 @@ def main(
         max_concurrency: Agent runs at once (more requests get 503).
         timeout_s: Wall-clock limit per request.
     """
-    import uvicorn
-
-    from recthinker.agent.rankers import default_config
-    from recthinker.data.prepared import ensure_benchmark
-    from recthinker.llm import load_chat_model
-    from recthinker.tools.build import load_resources
+    import uvicorn  # heavy: uvicorn, only to serve (create_app needs none)
 
     t0 = time.perf_counter()
     bench = ensure_benchmark(dataset)

@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import hnswlib
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -132,8 +133,7 @@ def save_index(index: Index, folder: Path) -> None:
 
 def read_index(folder: Path) -> Index:
     """Load an index written by `save_index`."""
-    import bm25s
-    import hnswlib
+    import bm25s  # imported on use: its import sets the bm25s logger to DEBUG
 
     meta = json.loads((folder / "meta.json").read_text())
     a = np.load(folder / "arrays.npz", allow_pickle=False)

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+import hnswlib
 import numpy as np
 import scipy.sparse as sp
 
@@ -84,8 +85,6 @@ def _unit_rows(a: np.ndarray) -> np.ndarray:
 
 def build_ann(emb: np.ndarray, seed: int = 0):
     """HNSW index (cosine) over the rows of `emb`, labels = row numbers; one thread."""
-    import hnswlib
-
     ann = hnswlib.Index(space="cosine", dim=emb.shape[1])
     ann.init_index(max_elements=max(len(emb), 1), ef_construction=200, M=16, random_seed=seed)
     ann.set_num_threads(1)

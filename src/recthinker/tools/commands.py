@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recthinker.baselines.base import tie_break_keys
 from recthinker.data.prepared import Benchmark, ensure_benchmark
 from recthinker.errors import ConfigError, DataError, RecThinkerError
 from recthinker.metrics import ndcg_at_k, target_rank
@@ -129,8 +130,6 @@ def _percentiles(ms: list[float]) -> dict[str, float]:
 
 def signal_ndcg(env: ToolHost, episodes: list[Episode], models: tuple[str, ...]) -> dict[str, float]:
     """Mean NDCG@10 of each tool signal used alone as a ranker (ties broken by a hash of episode and item)."""
-    from recthinker.baselines.base import tie_break_keys
-
     totals: dict[str, list[float]] = {}
     for e in episodes:
         env.reset_episode(e)

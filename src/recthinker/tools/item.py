@@ -126,7 +126,7 @@ def document(catalog: Catalog, i: int) -> list[str]:
 
 def build_bm25(catalog: Catalog):
     """A bm25s index over the catalog, one document per item in catalog order."""
-    import bm25s
+    import bm25s  # imported on use: its import sets the bm25s logger to DEBUG
 
     bm25 = bm25s.BM25()
     bm25.index([document(catalog, i) for i in range(len(catalog.ids))], show_progress=False)

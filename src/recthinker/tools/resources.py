@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recthinker.baselines import make_scorer
+from recthinker.baselines.base import fit_or_load
 from recthinker.data.log import InteractionLog, Vocab
 
 log = logging.getLogger(__name__)
@@ -151,9 +153,6 @@ class Resources:
             raise ValueError(f"unknown CF model {model!r}; expected one of {CF_MODELS}")
         with self._lock:
             if model not in self._scorers:
-                from recthinker.baselines import make_scorer
-                from recthinker.baselines.base import fit_or_load
-
                 self._scorers[model] = fit_or_load(
                     make_scorer(model), self.log, self.model_dir, np.random.default_rng(self.seed)
                 )

@@ -39,6 +39,7 @@ from recthinker.data.benchmark import _episode, sample_negatives
 from recthinker.data.log import InteractionLog
 from recthinker.data.prepared import Benchmark
 from recthinker.errors import ConfigError, DataError
+from recthinker.tools.build import build_resources
 from recthinker.types import Episode
 
 log = logging.getLogger(__name__)
@@ -162,8 +163,6 @@ def training_background(bench: Benchmark, episodes: Sequence[Episode]) -> Intera
 
 def training_resources(bench: Benchmark, episodes: Sequence[Episode], *, seed: int = 42):
     """`Resources` over `training_background(bench, episodes)`: tools for training rollouts and GRPO."""
-    from recthinker.tools.build import build_resources
-
     return build_resources(
         training_background(bench, episodes),
         bench.items,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from recthinker.agent.trajectory import Trajectory
-from recthinker.train.rollout import reward_fields
+from recthinker.train.rollout import model_policy, read_rollout, reward_fields, rollout
 
 STAGES = ("in", "valid", "above_threshold", "per_episode", "deduped", "balanced")
 
@@ -142,8 +142,6 @@ def self_augment_round(
     Writes `out_dir/rollout.jsonl` (resumable) and `out_dir/sft.jsonl`; returns (SFT rows, report).
     The SFT step itself is `train.sft`'s.
     """
-    from recthinker.train.rollout import model_policy, read_rollout, rollout
-
     out_dir = Path(out_dir)
     factory = model_policy(str(model_path), resources, items, config)
     path = rollout(

@@ -34,6 +34,7 @@ import pandas as pd
 
 from recthinker.agent.loop import INSTRUCTIONS, AgentConfig, system_prompt
 from recthinker.agent.prompting import task_prompt
+from recthinker.train.model import set_tool_template
 from recthinker.train.plots import plot_log
 from recthinker.train.rewards import RewardConfig, reward_funcs
 from recthinker.train.sft import DEFAULT_TARGET_MODULES, jsonl_log_callback, lora_config, write_run_config
@@ -71,7 +72,7 @@ def grpo_row(
 
 def default_grpo_config(out_dir: Path, reward_weights: Sequence[float], **overrides: Any) -> Any:
     """TRL `GRPOConfig` with CPU-friendly defaults: one prompt x 4 completions per step, no KL reference."""
-    import torch
+    import torch  # heavy: torch, trl
     from trl import GRPOConfig
 
     cuda = torch.cuda.is_available()
@@ -99,7 +100,7 @@ def default_grpo_config(out_dir: Path, reward_weights: Sequence[float], **overri
 
 def grpo_dataset(rows: Sequence[dict[str, Any]] | str | Path) -> Any:
     """A `datasets.Dataset` of GRPO rows (a list, or a JSONL file of rows)."""
-    from datasets import Dataset
+    from datasets import Dataset  # heavy: datasets
 
     if isinstance(rows, str | Path):
         lines = Path(rows).read_text(encoding="utf-8").splitlines()
@@ -109,13 +110,11 @@ def grpo_dataset(rows: Sequence[dict[str, Any]] | str | Path) -> Any:
 
 def _load_policy(model_path: Path, dtype: Any) -> tuple[Any, Any, bool]:
     """(model, tokenizer, is_peft): an adapter folder continues its LoRA, a model folder gets a new one."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from recthinker.train.model import set_tool_template
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: transformers
 
     tokenizer = set_tool_template(AutoTokenizer.from_pretrained(model_path))
     if (model_path / "adapter_config.json").is_file():
-        from peft import PeftConfig, PeftModel
+        from peft import PeftConfig, PeftModel  # heavy: peft
 
         base = PeftConfig.from_pretrained(model_path).base_model_name_or_path
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
@@ -149,7 +148,7 @@ def build_grpo_trainer(
     **grpo_overrides: Any,
 ) -> Any:
     """The `GRPOTrainer` `run_grpo` trains; arguments as in `run_grpo`."""
-    import torch
+    import torch  # heavy: torch, trl
     from trl import GRPOTrainer
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is marked experimental

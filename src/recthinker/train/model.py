@@ -19,6 +19,7 @@ import logging
 import shutil
 import tempfile
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,6 @@ def chat_template() -> str:
     TRL's training variant of the Qwen2.5 template (generation markers, prefix-preserving) with one line per
     tool instead of JSON schemas; tool calls and responses are Qwen2.5's.
     """
-    from importlib import resources
-
     return resources.files("recthinker.agent").joinpath("prompts", "chat_template.jinja").read_text("utf-8")
 
 
@@ -49,7 +48,7 @@ def set_tool_template(tokenizer: Any) -> Any:
     the parser of tool calls in completions; ours is the same `<tool_call>` JSON format, so it gets the
     parser TRL gives Qwen2.5.
     """
-    from trl.chat_template_utils import qwen3_template
+    from trl.chat_template_utils import qwen3_template  # heavy: trl
 
     tokenizer.chat_template = chat_template()
     tokenizer.response_template = qwen3_template
@@ -75,7 +74,7 @@ def bundled_hf_model(cache: Path | None = None) -> Path:
     out = root / BUNDLED_HF_NAME
     if (out / "config.json").is_file():
         return out
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # heavy: transformers
 
     gguf = bundled_model_path()
     start = time.perf_counter()
@@ -122,7 +121,7 @@ def tiny_test_model(path: Path, *, seed: int = 0, hidden_size: int = 64, num_lay
     Returns:
         `path`.
     """
-    import torch
+    import torch  # heavy: torch, tokenizers, transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 

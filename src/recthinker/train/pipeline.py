@@ -43,8 +43,10 @@ scatter that one order across files.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,9 +57,27 @@ from typing import Any
 from recthinker.agent.loop import AgentConfig
 from recthinker.agent.rankers import default_config
 from recthinker.agent.teacher import TeacherWeights
+from recthinker.data.dataset import sha256_file
+from recthinker.data.prepared import ensure_benchmark, read_episodes
 from recthinker.errors import ConfigError, RecThinkerError
+from recthinker.eval.harness import evaluate, summarize_rows
+from recthinker.eval.rundir import read_rows, rows_of_episodes
+from recthinker.llm import LlamaCpp
+from recthinker.llm.bundled import BUNDLED_HF_NAME, bundled_model_path
+from recthinker.llm.hf import HFChat
+from recthinker.llm.load import adapter_on_llamacpp
 from recthinker.rankers import CLASSIC_KINDS, LLM_KINDS, PASSIVE_KINDS, TEACHER, RankerSpec, build_ranker
+from recthinker.tools.build import load_resources
+from recthinker.tools.env import RecEnv
+from recthinker.train.episodes import make_training_episodes, training_resources
+from recthinker.train.filtering import filter_trajectories, self_augment_round, write_sft_dataset
+from recthinker.train.grpo import grpo_row, run_grpo
+from recthinker.train.model import bundled_hf_model, set_tool_template
 from recthinker.train.presets import TrainPreset
+from recthinker.train.rewards import RewardConfig
+from recthinker.train.rollout import read_rollout, rollout, teacher_policy
+from recthinker.train.sft import run_sft, top_layers, training_row
+from recthinker.train.teacher import fit_teacher
 
 log = logging.getLogger(__name__)
 
@@ -127,20 +147,14 @@ class Run:
 
     @cached_property
     def bench(self):
-        from recthinker.data.prepared import ensure_benchmark
-
         return ensure_benchmark(self.dataset)
 
     @cached_property
     def episodes(self):
-        from recthinker.data.prepared import read_episodes
-
         return read_episodes(self.out / "rollout" / "episodes.jsonl")
 
     @cached_property
     def train_resources(self):
-        from recthinker.train.episodes import training_resources
-
         return training_resources(self.bench, self.episodes, seed=42)
 
     @cached_property
@@ -152,17 +166,12 @@ class Run:
 
 
 def _teacher(run: Run, folder: Path) -> dict[str, Any]:
-    from recthinker.train.teacher import fit_teacher
-
     weights = fit_teacher(run.bench, n_episodes=run.preset.teacher_fit_episodes, seed=run.preset.seed)
     _write_json(folder / "weights.json", weights.to_dict())
     return {"weights": str(folder / "weights.json")}
 
 
 def _rollout(run: Run, folder: Path) -> dict[str, Any]:
-    from recthinker.train.episodes import make_training_episodes
-    from recthinker.train.rollout import rollout, teacher_policy
-
     p = run.preset
     path = folder / "episodes.jsonl"
     if not path.is_file():
@@ -178,9 +187,6 @@ def _rollout(run: Run, folder: Path) -> dict[str, Any]:
 
 
 def _filter(run: Run, folder: Path, rollout_path: Path) -> dict[str, Any]:
-    from recthinker.train.filtering import filter_trajectories, write_sft_dataset
-    from recthinker.train.rollout import read_rollout
-
     p = run.preset
     kept, report = filter_trajectories(
         read_rollout(rollout_path), p.ndcg_threshold, per_episode=p.per_episode, seed=p.seed
@@ -194,10 +200,7 @@ def fitting_rows(
     rows: list[dict[str, Any]], model_dir: Path, max_length: int
 ) -> tuple[list[dict], list[int]]:
     """(rows whose rendered training text fits `max_length` tokens, every row's token count)."""
-    from transformers import AutoTokenizer
-
-    from recthinker.train.model import set_tool_template
-    from recthinker.train.sft import training_row
+    from transformers import AutoTokenizer  # heavy: transformers
 
     tokenizer = set_tool_template(AutoTokenizer.from_pretrained(model_dir))
     lengths = []
@@ -216,19 +219,14 @@ def episodes_and_resources(
     With `set_name`: that benchmark episode set (its first `n_episodes`; 0 = all) and its tools. Without:
     `n_episodes` training episodes (drawn with `seed`) over the training background.
     """
-    from recthinker.data.prepared import ensure_benchmark
-
     bench = ensure_benchmark(dataset)
     if set_name:
-        from recthinker.tools.build import load_resources
-
         episodes = bench.episodes(set_name)
         return (
             bench,
             episodes[:n_episodes] if n_episodes else episodes,
             load_resources(bench, set_name),
         )
-    from recthinker.train.episodes import make_training_episodes, training_resources
 
     if not n_episodes:
         raise ConfigError("--episodes N (training episodes) is required without --set")
@@ -237,8 +235,6 @@ def episodes_and_resources(
 
 
 def _sft(run: Run, folder: Path, data: list[Path]) -> dict[str, Any]:
-    from recthinker.train.sft import run_sft, top_layers
-
     p = run.preset
     rows = [
         json.loads(line) for path in data for line in path.read_text(encoding="utf-8").splitlines() if line
@@ -279,8 +275,6 @@ def _sft(run: Run, folder: Path, data: list[Path]) -> dict[str, Any]:
 
 
 def _augment(run: Run, folder: Path, adapter: Path, teacher_data: Path) -> dict[str, Any]:
-    from recthinker.train.filtering import self_augment_round
-
     p = run.preset
     _, report = self_augment_round(
         adapter,
@@ -300,10 +294,6 @@ def _augment(run: Run, folder: Path, adapter: Path, teacher_data: Path) -> dict[
 
 
 def _grpo(run: Run, folder: Path, adapter: Path) -> dict[str, Any]:
-    from recthinker.tools.env import RecEnv
-    from recthinker.train.grpo import grpo_row, run_grpo
-    from recthinker.train.rewards import RewardConfig
-
     p = run.preset
     rows = [grpo_row(e, run.bench.items, agent_config(p)) for e in run.episodes[: p.grpo_episodes]]
     try:
@@ -333,9 +323,7 @@ def _grpo(run: Run, folder: Path, adapter: Path) -> dict[str, Any]:
 
 def _free_accelerator() -> None:
     """Drop the finished trainer's GPU memory (a colocated vLLM engine included) before the next stage."""
-    import gc
-
-    import torch
+    import torch  # heavy: torch
 
     gc.collect()
     if torch.cuda.is_available():
@@ -351,13 +339,9 @@ def eval_model(run: Run, adapter: Path | None) -> Any:
     """
     p = run.preset
     if p.eval_backend == "llamacpp":
-        from recthinker.llm import LlamaCpp, bundled_model_path
-        from recthinker.llm.load import adapter_on_llamacpp
-
         if adapter is None:
             return LlamaCpp(bundled_model_path(), n_threads=p.eval_threads)
         return adapter_on_llamacpp(adapter, p.eval_threads)
-    from recthinker.llm.hf import HFChat
 
     return HFChat(run.model, adapter_dir=adapter, device=p.device, dtype=p.dtype)
 
@@ -383,9 +367,6 @@ def _ranker(run: Run, name: str, adapter: Path | None, resources) -> Any:
 
 
 def _evaluate(run: Run, folder: Path, name: str, adapter: Path | None) -> dict[str, Any]:
-    from recthinker.eval.harness import evaluate
-    from recthinker.tools.build import load_resources
-
     p = run.preset
     by_set = {}
     chat = None
@@ -417,9 +398,6 @@ def pooled_metrics(run: Run, name: str, by_set: dict[str, Any]) -> dict[str, Any
     Only the rows of the episodes this preset evaluates count: a folder may also hold rows of an earlier
     run with another `eval_limit`.
     """
-    from recthinker.eval.harness import summarize_rows
-    from recthinker.eval.rundir import read_rows, rows_of_episodes
-
     rows = []
     for s in run.preset.eval_sets:
         path = run.out / "eval" / s.replace("/", "-") / name / "episodes.jsonl"
@@ -452,13 +430,11 @@ def run_pipeline(
     if model is None:
         if preset.device != "cpu":
             raise ConfigError(f"preset {preset.name!r} needs --model (a local model folder)")
-        from recthinker.train.model import bundled_hf_model
-
         model = bundled_hf_model()
     if not Path(model).is_dir():
         raise ConfigError(f"--model {model}: not a local model folder (transformers format)")
     if preset.torch_threads:
-        import torch
+        import torch  # heavy: torch
 
         torch.set_num_threads(preset.torch_threads)
     run = Run(out=out, preset=preset, dataset=str(dataset), model=Path(model).resolve())
@@ -515,11 +491,6 @@ def publish_adapter(out: str | Path, dest: str | Path) -> Path:
     benchmark inputs, training episodes and SFT rows, of the base GGUF and the adapter, and the run's
     metrics. The final adapter is GRPO's when the preset ran GRPO, else SFT's.
     """
-    import shutil
-
-    from recthinker.data.dataset import sha256_file
-    from recthinker.llm.bundled import BUNDLED_HF_NAME, bundled_model_path
-
     out, dest = Path(out).resolve(), Path(dest)
     metrics_path = out / "metrics.json"
     if not metrics_path.is_file():

@@ -28,10 +28,10 @@ def plot_log(log_path: Path, png_path: Path, keys: Sequence[str], title: str = "
         keys: Log fields to draw (e.g. "loss", "reward", "tools/call_frequency").
         title: Figure title.
     """
-    import matplotlib
+    import matplotlib  # heavy: matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend on import
 
     rows = read_log(log_path)
     series = {}

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from recthinker.agent.loop import AgentConfig, RecThinker, run_safely
 from recthinker.agent.rankers import PerThread
-from recthinker.agent.trajectory import Trajectory
+from recthinker.agent.trajectory import Trajectory, read_trajectories
 from recthinker.jsonl import append_jsonl, load_jsonl
 from recthinker.metrics import hit_at_k, ndcg_at_k, target_rank
 from recthinker.rankers import TEACHER, build_ranker
@@ -162,8 +162,6 @@ def rollout(
 
 def read_rollout(path: str | Path) -> list[Trajectory]:
     """The trajectories of a rollout file (a truncated last line is skipped)."""
-    from recthinker.agent.trajectory import read_trajectories
-
     return list(read_trajectories(Path(path)))
 
 

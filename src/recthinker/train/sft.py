@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from recthinker.agent.prompting import tools_block
+from recthinker.train.model import set_tool_template
 from recthinker.train.plots import plot_log
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def sft_dataset(rows: Sequence[dict[str, Any]] | str | Path) -> Any:
 
     Tool-call arguments and tool schemas are stored as `Json` so every row keeps its own keys.
     """
-    from datasets import Dataset, Features, Json, List, Value
+    from datasets import Dataset, Features, Json, List, Value  # heavy: datasets
 
     if isinstance(rows, str | Path):
         lines = Path(rows).read_text(encoding="utf-8").splitlines()
@@ -104,7 +105,7 @@ def sft_dataset(rows: Sequence[dict[str, Any]] | str | Path) -> Any:
 
 def default_sft_config(out_dir: Path, **overrides: Any) -> Any:
     """TRL `SFTConfig` with CPU-friendly defaults (fp32 and `use_cpu` without CUDA, no trackers)."""
-    import torch
+    import torch  # heavy: torch, trl
     from trl import SFTConfig
 
     cuda = torch.cuda.is_available()
@@ -141,7 +142,7 @@ def lora_config(
     shortens the backward pass: no gradient flows below the lowest adapted layer (SmolLM2-135M, 1.5k
     tokens, one thread: forward + backward 30 s with all 30 layers adapted, 18 s with the top 10).
     """
-    from peft import LoraConfig
+    from peft import LoraConfig  # heavy: peft
 
     return LoraConfig(
         r=r,
@@ -164,7 +165,7 @@ def top_layers(model_dir: str | Path, n: int) -> list[int] | None:
 
 def jsonl_log_callback(path: Path) -> Any:
     """A `TrainerCallback` that appends every log dict (with its `step`) to the JSONL file `path`."""
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback  # heavy: transformers
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,11 +199,9 @@ def build_sft_trainer(
     **sft_overrides: Any,
 ) -> Any:
     """The `SFTTrainer` `run_sft` trains (tokenized dataset, LoRA-wrapped model); arguments as in `run_sft`."""
-    import torch
+    import torch  # heavy: torch, transformers, trl
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
-
-    from recthinker.train.model import set_tool_template
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -283,7 +282,7 @@ def write_run_config(out_dir: Path, args: Any, lora: Any, **extra: Any) -> None:
 
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path) -> Path:
     """Fold a LoRA adapter into its base model and save a plain transformers folder (with tokenizer)."""
-    from peft import AutoPeftModelForCausalLM
+    from peft import AutoPeftModelForCausalLM  # heavy: peft, transformers
     from transformers import AutoTokenizer
 
     model = AutoPeftModelForCausalLM.from_pretrained(adapter_dir)
