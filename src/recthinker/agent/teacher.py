@@ -38,7 +38,6 @@ min-max normalised as `cf_scores` prints them, relation sums, similar-user count
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -52,6 +51,7 @@ from recthinker.agent.loop import AgentConfig, RecThinker
 from recthinker.agent.parse import parse_turn
 from recthinker.agent.rankers import PerThread
 from recthinker.llm import ChatResult
+from recthinker.llm.base import render_tool_call
 from recthinker.tools import collab
 from recthinker.tools.env import TOOLS, RecEnv, ToolHost
 from recthinker.types import Episode, Ranking
@@ -335,10 +335,7 @@ class BootstrapTeacher:
 
     @staticmethod
     def _compose(analyze: str, plan: str, calls: Sequence[tuple[str, dict]]) -> str:
-        blocks = [
-            "<tool_call>\n" + json.dumps({"name": n, "arguments": a}, ensure_ascii=False) + "\n</tool_call>"
-            for n, a in calls
-        ]
+        blocks = [render_tool_call(n, a) for n, a in calls]
         return "\n".join([f"<analyze>{analyze}</analyze>", f"<plan>{plan}</plan>", *blocks])
 
 
