@@ -36,6 +36,7 @@ from recthinker.baselines import (
     fit_or_load,
     make_scorer,
 )
+from recthinker.baselines.base import cache_key, source_fingerprint
 from recthinker.data.log import InteractionLog
 from recthinker.types import Episode
 
@@ -259,6 +260,60 @@ class TestSASRec(ScorerContract):
         padded = SASRecScorer(max_len=3)._windows([np.arange(1, 4)])
         np.testing.assert_array_equal(padded, [[0, 1, 2, 3]])
 
+    @staticmethod
+    def _small(epochs: int = 3):
+        from recthinker.baselines.sasrec import SASRecScorer
+
+        return SASRecScorer(max_len=12, hidden=16, epochs=epochs, batch_size=8, threads=1)
+
+    @staticmethod
+    def _weights(scorer) -> list[np.ndarray]:
+        return [p.detach().numpy().copy() for p in scorer.model_.parameters()]
+
+    def test_a_fit_killed_after_epoch_k_resumes_at_k_and_ends_where_an_unbroken_fit_does(
+        self, tiny, tmp_path
+    ):
+        unbroken = self._small(3).fit(tiny[0], rng=np.random.default_rng(7))
+
+        class Killed(Exception):
+            pass
+
+        def kill_after_first(done: int, _scorer) -> bool:
+            if done == 1:
+                raise Killed
+            return False
+
+        ckpt = tmp_path / "fit.ckpt"
+        with pytest.raises(Killed):
+            self._small(3).fit(
+                tiny[0], rng=np.random.default_rng(7), checkpoint=ckpt, on_epoch=kill_after_first
+            )
+        assert ckpt.is_file()
+        seen: list[int] = []
+        resumed = self._small(3).fit(
+            tiny[0], rng=np.random.default_rng(7), checkpoint=ckpt, on_epoch=lambda d, _s: seen.append(d)
+        )
+        assert seen == [2, 3]  # epoch 1 was not trained again
+        assert resumed.losses_ == pytest.approx(unbroken.losses_)
+        for a, b in zip(self._weights(unbroken), self._weights(resumed), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+    def test_early_stop_keeps_the_model_of_the_stopping_epoch(self, tiny):
+        two = self._small(2).fit(tiny[0], rng=np.random.default_rng(3))
+        stopped = self._small(5).fit(tiny[0], rng=np.random.default_rng(3), on_epoch=lambda d, _s: d == 2)
+        assert stopped.epochs_ == 2 and len(stopped.losses_) == 2
+        for a, b in zip(self._weights(two), self._weights(stopped), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+    def test_state_round_trip_scores_the_same_and_refuses_other_shapes(self, tiny):
+        fitted = self._small(2).fit(tiny[0], rng=np.random.default_rng(3))
+        rebuilt = self._small(2).from_state(tiny[0], fitted.state())
+        np.testing.assert_array_equal(rebuilt.score(ALL_A, user_id="u01"), fitted.score(ALL_A, user_id="u01"))
+        from recthinker.baselines.sasrec import SASRecScorer
+
+        with pytest.raises(ValueError, match="do not match"):
+            SASRecScorer(max_len=12, hidden=32).from_state(tiny[0], fitted.state())
+
 
 # ---- the adapter, the cache and the factory --------------------------------------------------------
 
@@ -313,6 +368,74 @@ def test_fit_or_load_round_trips_a_real_model(tiny, tmp_path: Path):
     loaded = fit_or_load(EASEScorer(lam=10.0), tiny[0], tmp_path, np.random.default_rng(0))
     assert loaded is not fitted
     np.testing.assert_array_equal(loaded.score(ALL_A, user_id="u01"), fitted.score(ALL_A, user_id="u01"))
+
+
+def test_cache_key_ignores_comments_and_docstrings_but_not_code(tiny, tmp_path, monkeypatch):
+    import recthinker.baselines.ease as ease_module
+
+    src = Path(ease_module.__file__).read_text(encoding="utf-8")
+    rng_state = np.random.default_rng(0)
+
+    def key_with(text: str) -> str:
+        copy = tmp_path / f"ease_{abs(hash(text))}.py"
+        copy.write_text(text, encoding="utf-8")
+        monkeypatch.setattr(ease_module, "__file__", str(copy))
+        return cache_key(EASEScorer(), tiny[0], rng_state)
+
+    base = key_with(src)
+    assert key_with(src.replace('"""EASE^R', '"""Edited docstring. EASE^R', 1)) == base
+    assert key_with(src.replace("    def fit(", "    # a new comment\n    def fit(", 1)) == base
+    assert (
+        key_with(
+            src.replace(
+                "gram[np.diag_indices_from(gram)] += self.lam",
+                "gram[np.diag_indices_from(gram)] += 2 * self.lam",
+            )
+        )
+        != base
+    )
+
+
+def test_a_shipped_fit_is_used_only_for_its_exact_key(tiny, tmp_path, monkeypatch):
+    from recthinker.baselines import shipped
+    from recthinker.baselines.sasrec import SASRecScorer
+
+    folder = tmp_path / "fitted"
+    small = dict(max_len=12, hidden=16, epochs=2, batch_size=8, threads=1)
+    fitted = SASRecScorer(**small).fit(tiny[0], rng=np.random.default_rng(42))
+    key = cache_key(SASRecScorer(**small), tiny[0], np.random.default_rng(42))
+    shipped.ship(fitted, key, {"model": "sasrec", "dataset": "tiny", "background": "full"}, folder)
+    monkeypatch.setattr(shipped, "FITTED_DIR", folder)
+    calls: list[int] = []
+    monkeypatch.setattr(SASRecScorer, "_train", lambda self, *a, **k: calls.append(1))
+    loaded = fit_or_load(SASRecScorer(**small), tiny[0], tmp_path / "cache", np.random.default_rng(42))
+    assert calls == []  # no training: the shipped weights
+    np.testing.assert_array_equal(loaded.score(ALL_A, user_id="u01"), fitted.score(ALL_A, user_id="u01"))
+    # another seed, other settings, or other data: fitted, not loaded
+    fit_or_load(SASRecScorer(**small), tiny[0], tmp_path / "cache", np.random.default_rng(1))
+    fit_or_load(
+        SASRecScorer(**{**small, "hidden": 8}), tiny[0], tmp_path / "cache", np.random.default_rng(42)
+    )
+    other = InteractionLog.from_records(tiny_records(seed=1))
+    fit_or_load(SASRecScorer(**small), other, tmp_path / "cache", np.random.default_rng(42))
+    assert len(calls) == 3
+    # a damaged file: fitted instead
+    (folder / f"{key}.pt").write_bytes(b"not weights")
+    fit_or_load(SASRecScorer(**small), tiny[0], tmp_path / "cache2", np.random.default_rng(42))
+    assert len(calls) == 4
+
+
+def test_every_shipped_fit_matches_the_current_model_code():
+    """Changing a shipped model's code (not its comments) without re-shipping its fits fails here:
+    the newcomer's first run would silently refit for an hour."""
+    import sys
+
+    from recthinker.baselines import shipped
+
+    for entry in shipped.shipped_entries():
+        module = sys.modules.get(entry["module"]) or __import__(entry["module"], fromlist=["_"])
+        assert entry["source"] == source_fingerprint(module.__file__), entry["file"]
+        assert (shipped.FITTED_DIR / entry["file"]).is_file()
 
 
 def test_make_scorer_builds_each_name_and_rejects_others():

@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recthinker.baselines.fingerprint import source_fingerprint
+from recthinker.baselines.shipped import load_shipped
 from recthinker.data.log import InteractionLog, Vocab
 from recthinker.types import Episode, Ranking
 
@@ -124,9 +126,10 @@ def log_fingerprint(log: InteractionLog) -> str:
 
 
 def cache_key(scorer: Scorer, log: InteractionLog, rng: np.random.Generator) -> str:
-    """File stem for a fitted scorer: the log, the hyper-parameters, the rng state and the model's source.
+    """File stem for a fitted scorer: the log, the hyper-parameters, the rng state and the model's code.
 
-    The source file of the scorer's module is part of the key, so editing a model invalidates its cache.
+    The code of the scorer's module (`source_fingerprint`: comments and docstrings do not count) is part of
+    the key, so changing the model invalidates its cache and editing its documentation does not.
     """
     module_file = sys.modules[type(scorer).__module__].__file__
     parts = {
@@ -134,30 +137,49 @@ def cache_key(scorer: Scorer, log: InteractionLog, rng: np.random.Generator) -> 
         "class": type(scorer).__qualname__,
         "params": hyper_parameters(scorer),
         "rng": rng.bit_generator.state,
-        "source": hashlib.sha256(Path(module_file).read_bytes()).hexdigest() if module_file else "",
+        "source": source_fingerprint(module_file) if module_file else "",
     }
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
     return f"{scorer.name}-{digest[:20]}"
 
 
 def fit_or_load(scorer: Scorer, log: InteractionLog, cache_dir: Path, rng: np.random.Generator) -> Scorer:
-    """Load `scorer` fitted on `log` from `cache_dir` if present, else fit it and pickle it there atomically.
+    """`scorer` fitted on `log`: from `cache_dir`, else from the fits shipped in the package, else fitted now
+    and pickled into `cache_dir` atomically.
 
-    On a cache hit `rng` is left untouched (a fit would have drawn from it). Pickles are trusted: only
-    point `cache_dir` at a folder this project writes.
+    A shipped fit (`baselines/fitted/`, see `shipped.py`) is used only when its recorded cache key equals
+    this one: the same log rows, hyper-parameters, seed and model code. A scorer with `resumable = True`
+    (SASRec) checkpoints every epoch into `cache_dir/<key>.ckpt` and, after a kill, the same call continues
+    from the last finished epoch. On a cache hit `rng` is left untouched (a fit would have drawn from it).
+    Pickles are trusted: only point `cache_dir` at a folder this project writes.
     """
     cache_dir = Path(cache_dir)
-    path = cache_dir / f"{cache_key(scorer, log, rng)}.pkl"
+    key = cache_key(scorer, log, rng)
+    path = cache_dir / f"{key}.pkl"
     if path.exists():
         with path.open("rb") as f:
             fitted = pickle.load(f)
         logger.info("loaded %s from %s", scorer.name, path)
         return fitted
+    shipped = load_shipped(scorer, log, key)
+    if shipped is not None:
+        return shipped
     start = time.perf_counter()
-    fitted = scorer.fit(log, rng=rng)
+    checkpoint = cache_dir / f"{key}.ckpt"
+    if getattr(scorer, "resumable", False):
+        fitted = scorer.fit(log, rng=rng, checkpoint=checkpoint)  # type: ignore[call-arg]
+    else:
+        fitted = scorer.fit(log, rng=rng)
     logger.info("fitted %s in %.1fs", scorer.name, time.perf_counter() - start)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=path.stem, suffix=".tmp")
+    save_fitted(fitted, path)
+    checkpoint.unlink(missing_ok=True)
+    return fitted
+
+
+def save_fitted(fitted: Scorer, path: Path) -> None:
+    """Pickle a fitted scorer to `path` atomically (a temporary sibling, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             pickle.dump(fitted, f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -165,4 +187,3 @@ def fit_or_load(scorer: Scorer, log: InteractionLog, cache_dir: Path, rng: np.ra
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return fitted

@@ -23,11 +23,13 @@ all randomness (init, dropout, batch order) comes from the `rng` passed to `fit`
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, Self
 
 import numpy as np
@@ -126,6 +128,9 @@ class SASRecScorer:
     )  # user -> last max_len item indices (1-based)
     model_: SASRecModel = field(init=False, repr=False)
     losses_: list[float] = field(init=False, repr=False)  # mean training loss per epoch
+    epochs_: int = field(init=False, repr=False)  # epochs trained (fewer than `epochs` after an early stop)
+
+    resumable: ClassVar[bool] = True  # `fit` takes `checkpoint=` (fit_or_load passes one)
 
     def __post_init__(self) -> None:
         if self.hidden % self.heads:
@@ -133,13 +138,27 @@ class SASRecScorer:
         if self.max_len < 2 or self.epochs < 0:
             raise ValueError(f"SASRec needs max_len >= 2 and epochs >= 0, got {self.max_len}, {self.epochs}")
 
-    def fit(self, log: InteractionLog, *, rng: np.random.Generator) -> Self:
-        self.users_, self.items_ = log.users, log.items
-        codes = self.items_.indices(log.frame["item_id"].tolist()) + 1  # 1-based; 0 is padding
-        rows = log.frame.groupby("user_id", sort=False).indices  # user -> row positions, oldest first
-        seqs = {u: codes[pos] for u, pos in rows.items()}
-        self.user_seqs_ = {u: seq[-self.max_len :] for u, seq in seqs.items()}
-        windows = torch.from_numpy(self._windows(list(seqs.values())))  # (N, T + 1)
+    def fit(
+        self,
+        log: InteractionLog,
+        *,
+        rng: np.random.Generator,
+        checkpoint: Path | None = None,
+        on_epoch: Callable[[int, Self], bool] | None = None,
+    ) -> Self:
+        """Train on `log`'s sequences for `epochs` epochs.
+
+        Args:
+            log: The background.
+            rng: Every random draw (init, dropout, batch order) comes from it.
+            checkpoint: A file written (atomically) after every epoch with the model, the optimiser and both
+                random states; when it exists at the start, training continues after the epoch it holds,
+                and ends exactly where an uninterrupted fit would have. The caller removes it when done.
+            on_epoch: Called after each epoch with (epochs done, self) while the model is in eval mode;
+                returning True stops training there (early stopping: `epochs_` records where).
+        """
+        self._prepare(log)
+        windows = torch.from_numpy(self._windows(list(self._sequences(log).values())))  # (N, T + 1)
         prev_threads = torch.get_num_threads()
         torch.set_num_threads(max(1, min(self.threads, os.cpu_count() or 1)))
         try:
@@ -148,10 +167,45 @@ class SASRecScorer:
                 self.model_ = SASRecModel(
                     len(self.items_), self.max_len, self.hidden, self.n_blocks, self.heads, self.dropout
                 )
-                self._train(windows, rng)
+                self._train(windows, rng, checkpoint, on_epoch)
         finally:
             torch.set_num_threads(prev_threads)
         self.model_.eval()
+        return self
+
+    def _sequences(self, log: InteractionLog) -> dict[str, np.ndarray]:
+        """Every user's item indices (1-based; 0 is padding), oldest first."""
+        codes = self.items_.indices(log.frame["item_id"].tolist()) + 1
+        rows = log.frame.groupby("user_id", sort=False).indices  # user -> row positions, oldest first
+        return {u: codes[pos] for u, pos in rows.items()}
+
+    def _prepare(self, log: InteractionLog) -> None:
+        self.users_, self.items_ = log.users, log.items
+        self.user_seqs_ = {u: seq[-self.max_len :] for u, seq in self._sequences(log).items()}
+
+    # ---- a fitted model as plain tensors (shipped fits: baselines/fitted/) ----------------------------
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The fitted network's weights; with the log it was fitted on, `from_state` rebuilds this scorer."""
+        return {k: v.detach().clone() for k, v in self.model_.state_dict().items()}
+
+    def from_state(self, log: InteractionLog, state: dict[str, torch.Tensor]) -> Self:
+        """This (unfitted) scorer, fitted: its weights from `state`, its vocabularies and sequences from `log`.
+
+        Raises:
+            ValueError: `state` does not fit these settings and this log's items (e.g. another catalog).
+        """
+        self._prepare(log)
+        self.model_ = SASRecModel(
+            len(self.items_), self.max_len, self.hidden, self.n_blocks, self.heads, self.dropout
+        )
+        try:
+            self.model_.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"SASRec weights do not match these settings and items: {e}") from None
+        self.model_.eval()
+        self.epochs_ = self.epochs
+        self.losses_ = []
         return self
 
     def _windows(self, seqs: list[np.ndarray]) -> np.ndarray:
@@ -166,16 +220,24 @@ class SASRecScorer:
                 rows.append(np.pad(chunk, (size - len(chunk), 0)))
         return np.array(rows, dtype=np.int64).reshape(-1, size)
 
-    def _train(self, windows: torch.Tensor, rng: np.random.Generator) -> None:
+    def _train(
+        self,
+        windows: torch.Tensor,
+        rng: np.random.Generator,
+        checkpoint: Path | None,
+        on_epoch: Callable[[int, Self], bool] | None,
+    ) -> None:
         optimizer = torch.optim.Adam(self.model_.parameters(), lr=self.lr)
         loss_fn = nn.CrossEntropyLoss(ignore_index=-1)
-        self.losses_ = []
-        self.model_.train()
-        for epoch in range(self.epochs):
+        self.losses_, self.epochs_, start = [], 0, 0
+        if checkpoint is not None and Path(checkpoint).is_file():
+            start = self._resume(Path(checkpoint), optimizer, rng)
+        for epoch in range(start, self.epochs):
+            self.model_.train()
             order = torch.from_numpy(rng.permutation(len(windows)))
             total, steps = 0.0, 0
-            for start in range(0, len(windows), self.batch_size):
-                batch = windows[order[start : start + self.batch_size]]  # (B, T + 1)
+            for first in range(0, len(windows), self.batch_size):
+                batch = windows[order[first : first + self.batch_size]]  # (B, T + 1)
                 inputs, targets = batch[:, :-1], batch[:, 1:] - 1  # (B, T) each; -1 marks padding targets
                 targets = targets.masked_fill(inputs == 0, -1)  # no target after a padding input
                 logits = self.model_.logits(self.model_(inputs))  # (B, T, n_items)
@@ -185,7 +247,41 @@ class SASRecScorer:
                 optimizer.step()
                 total, steps = total + loss.item(), steps + 1
             self.losses_.append(total / max(steps, 1))
+            self.epochs_ = epoch + 1
             log.info("sasrec epoch %d/%d: loss %.4f", epoch + 1, self.epochs, self.losses_[-1])
+            if checkpoint is not None:
+                self._save_checkpoint(Path(checkpoint), optimizer, rng)
+            self.model_.eval()
+            if on_epoch is not None and on_epoch(epoch + 1, self):
+                break
+
+    def _save_checkpoint(
+        self, path: Path, optimizer: torch.optim.Optimizer, rng: np.random.Generator
+    ) -> None:
+        blob = {
+            "epochs_done": self.epochs_,
+            "losses": torch.tensor(self.losses_, dtype=torch.float64),
+            "model": self.model_.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": json.dumps(rng.bit_generator.state),  # 128-bit integers: JSON, not tensors
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+
+    def _resume(self, path: Path, optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> int:
+        """Restore the state `_save_checkpoint` wrote; returns the number of epochs it had done."""
+        blob = torch.load(path, weights_only=True)
+        self.model_.load_state_dict(blob["model"])
+        optimizer.load_state_dict(blob["optimizer"])
+        torch.set_rng_state(blob["torch_rng"])
+        rng.bit_generator.state = json.loads(blob["numpy_rng"])
+        self.losses_ = [float(x) for x in blob["losses"]]
+        self.epochs_ = int(blob["epochs_done"])
+        log.info("sasrec: resuming from %s after epoch %d/%d", path, self.epochs_, self.epochs)
+        return self.epochs_
 
     def score(
         self, items: Sequence[str], *, user_id: str | None = None, history: Sequence[str] = ()
