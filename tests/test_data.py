@@ -162,6 +162,27 @@ def test_benchmark_invariants(tmp_path):
     assert manifest["counts"]["episodes"]["loo/test"] == len(seqs)
 
 
+def test_loo_test_sees_the_validation_item_and_valid_sees_neither(tmp_path):
+    ds = load_atomic_folder(write_atomic(tmp_path / "d", "toy"))
+    build(ds, tmp_path / "out", small_cfg())
+    build(ds, tmp_path / "old", small_cfg(loo_test_sees_valid=False))
+    bench, old = Benchmark.open(tmp_path / "out"), Benchmark.open(tmp_path / "old")
+    seqs = ds.log.frame.groupby("user_id")["item_id"].agg(list)
+    pairs = lambda log: set(zip(log.frame.user_id, log.frame.item_id, strict=True))  # noqa: E731
+    test_bg, valid_bg = pairs(bench.background("loo/test")), pairs(bench.background("loo/valid"))
+    tests, valids = {(u, s[-1]) for u, s in seqs.items()}, {(u, s[-2]) for u, s in seqs.items()}
+    assert not tests & test_bg and valids <= test_bg  # test input: train + validation, never the test item
+    assert not (tests | valids) & valid_bg  # validation input: train only
+    assert pairs(bench.background("dense/test")) == valid_bg  # the subsets keep the AgentCF protocol
+    for e in bench.episodes("loo-20/test"):
+        assert e.history[-1] == seqs[e.user_id][-2] and e.target == seqs[e.user_id][-1]
+    for e in bench.episodes("loo-20/valid"):
+        assert e.history[-1] == seqs[e.user_id][-3] and e.target == seqs[e.user_id][-2]
+    # without the switch, test and validation share the train-only background
+    assert pairs(old.background("loo/test")) == valid_bg
+    assert all(e.history[-1] == seqs[e.user_id][-3] for e in old.episodes("loo/test"))
+
+
 def test_same_seed_same_bytes(tmp_path):
     ds = load_atomic_folder(write_atomic(tmp_path / "d", "toy"))
     build(ds, tmp_path / "a", small_cfg())
@@ -253,5 +274,6 @@ def test_ml1m_benchmark_counts(tmp_path):
     assert counts["episodes"]["dense/test"] == counts["episodes"]["sparse/test"] == 100
     assert counts["episodes"]["loo/test"] == 6040
     assert counts["background_interactions"]["full"] == 1_000_209 - 2 * 6040
+    assert counts["background_interactions"]["loo-test"] == 1_000_209 - 6040
     dense = bench.episodes("dense/test")
     assert all(len(e.history) == 6 and len(e.candidates) == 10 for e in dense)

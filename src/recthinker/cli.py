@@ -85,6 +85,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         history_cap=args.history_cap,
         subsets=not args.no_subsets,
         loo=not args.no_loo,
+        loo_test_sees_valid=not args.loo_test_without_valid,
     )
     out = check_out(args.out)  # before the dataset is parsed: a bad --out fails at once
     manifest = build(load_dataset(args.dataset), out, cfg)
@@ -482,6 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--history-cap", type=argtypes.count, default=50, help="history items stored per episode")
     s.add_argument("--no-subsets", action="store_true", help="skip the dense/sparse subsets")
     s.add_argument("--no-loo", action="store_true", help="skip the full leave-one-out episodes")
+    s.add_argument(
+        "--loo-test-without-valid",
+        action="store_true",
+        help="leave-one-out test input without the validation item (default: with it, as SASRec's paper)",
+    )
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("evaluate", help="rank benchmark episodes with one or more rankers; write the summary")

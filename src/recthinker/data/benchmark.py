@@ -23,7 +23,10 @@ Selection algorithm (documented in the README; every step is deterministic given
 5. *Background* (what tools and baselines may learn from): every interaction except the validation and
    test interactions of every evaluated user. With `background="subset"` the dense and sparse subsets
    instead get a background made of their own users' 6-item window histories only (AgentCF's closed
-   world); leave-one-out always uses the full background.
+   world); leave-one-out validation uses the full background, and leave-one-out *test* episodes (with
+   `loo_test_sees_valid`, the default) a background that also holds every user's validation interaction,
+   as in SASRec's protocol (Kang & McAuley 2018: the test input holds the training and validation actions):
+   a model is chosen on validation, then refitted on train + validation and tested on the last item.
 6. An episode's `history` lists the user's most recent `history_cap` (50) background items; tools and
    baselines see the full background.
 
@@ -80,6 +83,9 @@ class BenchmarkConfig:
     history_cap: int = 50  # most recent background items stored in an episode's history
     subsets: bool = True  # build the dense / sparse subsets
     loo: bool = True  # build the full leave-one-out episodes
+    loo_test_sees_valid: bool = (
+        True  # leave-one-out test input includes the validation item (SASRec's protocol)
+    )
 
     def __post_init__(self) -> None:
         if self.background not in ("full", "subset"):
@@ -399,15 +405,25 @@ def _build_full(ds: Dataset, out: Path, cfg: BenchmarkConfig) -> dict:
             else:
                 bg_of[f"{subset}/valid"] = bg_of[f"{subset}/test"] = "full"
 
+    if cfg.loo and cfg.loo_test_sees_valid:
+        last = frame.groupby("user_id", sort=False).tail(1)
+        last = last[last["user_id"].isin(set(evaluated))]
+        backgrounds["loo-test"] = ds.log.without(
+            zip(last["user_id"], last["item_id"], last["timestamp"], strict=True)
+        )
+        test_seqs = backgrounds["loo-test"].frame.groupby("user_id", sort=True)["item_id"].agg(list)
+    else:
+        test_seqs = bg_seqs
     if cfg.loo:
         for size in cfg.loo_sizes:
             name = "loo" if size == 10 else f"loo-{size}"
             for split, pos in (("valid", -2), ("test", -1)):
                 eps = []
+                split_seqs = test_seqs if split == "test" else bg_seqs
                 for u in evaluated:
                     s = seqs[u]
                     neg = _negatives_for(ds, u, split, s[pos], seen[u], items, cfg, size - 1)
-                    hist = bg_seqs.get(u, [])[-cfg.history_cap :]
+                    hist = split_seqs.get(u, [])[-cfg.history_cap :]
                     eps.append(
                         _episode(
                             subset=name,
@@ -420,7 +436,9 @@ def _build_full(ds: Dataset, out: Path, cfg: BenchmarkConfig) -> dict:
                         )
                     )
                 episodes[f"{name}/{split}"] = eps
-                bg_of[f"{name}/{split}"] = "full"
+                bg_of[f"{name}/{split}"] = (
+                    "loo-test" if split == "test" and cfg.loo_test_sees_valid else "full"
+                )
     return _write(ds, out, cfg, episodes, backgrounds, bg_of)
 
 
