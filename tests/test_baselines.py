@@ -305,6 +305,17 @@ class TestSASRec(ScorerContract):
         for a, b in zip(self._weights(two), self._weights(stopped), strict=True):
             np.testing.assert_array_equal(a, b)
 
+    def test_score_many_equals_score_one_by_one(self, tiny):
+        fitted = self._small(2).fit(tiny[0], rng=np.random.default_rng(3))
+        requests = [
+            ("u01", (), ALL_A[:5]),
+            (None, ("a01", "a02"), ALL_A[3:9]),
+            (None, (), ALL_A[:4]),
+            ("u02", (), ["zz", "a00"]),
+        ]
+        for (u, h, items), many in zip(requests, fitted.score_many(requests), strict=True):
+            np.testing.assert_allclose(many, fitted.score(items, user_id=u, history=h), atol=1e-6)
+
     def test_state_round_trip_scores_the_same_and_refuses_other_shapes(self, tiny):
         fitted = self._small(2).fit(tiny[0], rng=np.random.default_rng(3))
         rebuilt = self._small(2).from_state(tiny[0], fitted.state())

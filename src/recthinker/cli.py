@@ -31,7 +31,14 @@ from typing import NoReturn
 import recthinker.rankers
 from recthinker import argtypes
 from recthinker.errors import ConfigError, RecThinkerError
-from recthinker.rankers import CLASSIC_KINDS, KINDS, LLM_KINDS, RankerSpec, parse_ranker_spec
+from recthinker.rankers import (
+    CLASSIC_KINDS,
+    KINDS,
+    LLM_KINDS,
+    UNTUNED_KINDS,
+    RankerSpec,
+    parse_ranker_spec,
+)
 from recthinker.train.presets import PRESETS, with_overrides
 
 log = logging.getLogger("recthinker")
@@ -268,6 +275,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         bench = ensure_benchmark(args.dataset)
         rankers = list(dict.fromkeys(args.ranker or CLASSIC_KINDS))
+        if args.tune:
+            # imported in the verb: torch (SASRec) stays out of --help
+            from recthinker.eval.tune import ship_fits, tune, tuned_markdown
+
+            tunable = [r for r in rankers if f"{r}-untuned" in UNTUNED_KINDS]
+            doc = tune(
+                bench,
+                tunable,
+                tune_set=args.tune_set,
+                budget_s=args.budget_s,
+                seed=args.seed,
+                limit=args.tune_limit,
+                out=out_folder(args.out),
+            )
+            print(tuned_markdown(doc))
+            if args.ship:
+                for path in ship_fits(bench, doc, seed=args.seed):
+                    print(f"shipped {path}")
+        if args.with_untuned:
+            rankers += [f"{r}-untuned" for r in rankers if f"{r}-untuned" in UNTUNED_KINDS]
+        if args.tune_only:
+            return 0
         results = run_suite(
             bench,
             list(dict.fromkeys(args.set or DEFAULT_SETS)),
@@ -704,6 +733,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--seed", type=argtypes.seed, default=42)
     s.add_argument("--model", default=None, help="baselines: model for LLM rankers")
+    s.add_argument(
+        "--tune",
+        action="store_true",
+        help="baselines: first choose each classic ranker's settings on --tune-set (eval/tune.py); "
+        "later runs use them",
+    )
+    s.add_argument(
+        "--tune-set", default="loo/valid", help="baselines --tune: the validation episodes (a */valid set)"
+    )
+    s.add_argument(
+        "--budget-s",
+        type=argtypes.real(1.0, 7 * 86400.0),
+        default=600.0,
+        help="baselines --tune: seconds of search per model (default 600)",
+    )
+    s.add_argument(
+        "--tune-limit", type=argtypes.limit, default=0, help="baselines --tune: first N episodes (0 = all)"
+    )
+    s.add_argument(
+        "--ship",
+        action="store_true",
+        help="baselines --tune: write the tuned settings and SASRec fits into the package (developers)",
+    )
+    s.add_argument("--tune-only", action="store_true", help="baselines --tune: skip the tables")
+    s.add_argument(
+        "--with-untuned",
+        action="store_true",
+        help="baselines: also run each tunable ranker with its defaults (<name>-untuned rows)",
+    )
     s.set_defaults(func=cmd_bench)
     return p
 

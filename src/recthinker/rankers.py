@@ -7,7 +7,9 @@
 The command line (`evaluate`, `bench baselines`), the training pipeline's evaluation, rollouts and the
 benchmarks build rankers here and nowhere else. The kinds:
 
-- the classic scorers (`recthinker.baselines.SCORER_NAMES`), fitted on the episode set's background;
+- the classic scorers (`recthinker.baselines.SCORER_NAMES`), fitted on the episode set's background with
+  the settings tuned on validation (`baselines.tuned.tuned_params`), and `<name>-untuned`, the same with
+  the dataclass defaults;
 - `teacher`, the bootstrap teacher: a scripted policy over the real tools (`agent/teacher.py`); its weights
   are fitted by training (`train/teacher.py`), so the caller passes them (or a function that fits them);
 - the LLM kinds, which take a chat model (`KIND@MODEL`): the agent (`agent`; `agent-evidence` answers in
@@ -27,6 +29,7 @@ from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from recthinker.baselines import SCORER_NAMES, fitted_ranker
+from recthinker.baselines.tuned import GRIDS, tuned_params
 from recthinker.errors import ConfigError, RecThinkerError
 
 if TYPE_CHECKING:
@@ -39,13 +42,14 @@ if TYPE_CHECKING:
     from recthinker.tools.resources import Resources
     from recthinker.types import Ranker
 
-CLASSIC_KINDS = SCORER_NAMES  # fitted on each episode set's background
+CLASSIC_KINDS = SCORER_NAMES  # fitted on each episode set's background, with the tuned settings
+UNTUNED_KINDS = tuple(f"{n}-untuned" for n in GRIDS if GRIDS[n] != [{}])  # the same with the defaults
 TEACHER = "teacher"  # the bootstrap teacher: a scripted policy over the real tools
 AGENT_KINDS = ("agent", "agent-evidence")  # the agent investigates with the tools; -evidence: answer form (c)
 PASSIVE_KINDS = ("zero-shot", "fixed-workflow")  # LLM baselines that choose no tools
 POINTWISE_KINDS = ("pointwise", "pointwise-evidence")  # answer form (b): log P(Yes) per candidate
 LLM_KINDS = AGENT_KINDS + PASSIVE_KINDS + POINTWISE_KINDS  # the kinds that take a model (KIND@MODEL)
-KINDS = CLASSIC_KINDS + LLM_KINDS + (TEACHER,)
+KINDS = CLASSIC_KINDS + UNTUNED_KINDS + LLM_KINDS + (TEACHER,)
 LABEL = re.compile(r"\w[\w.+@-]*")  # a ranker's label names its folder and a table row
 
 
@@ -130,11 +134,18 @@ def build_ranker(
         raise RecThinkerError(
             f"--ranker {kind}@{model_spec}: only LLM rankers ({', '.join(LLM_KINDS)}) take a model"
         )
-    if kind in CLASSIC_KINDS:
-        if resources is not None:
-            ranker = fitted_ranker(kind, resources.log, resources.model_dir, resources.seed)
+    if kind in CLASSIC_KINDS or kind in UNTUNED_KINDS:
+        name = kind.removesuffix("-untuned")
+        if kind in UNTUNED_KINDS:
+            params = {}
+        elif resources is not None and bench is None:
+            params = resources.scorer_params.get(name, {})
         else:
-            ranker = fitted_ranker(kind, bench.background(episode_set), bench.root / "models", seed)
+            params = tuned_params(bench, name)
+        if resources is not None:
+            ranker = fitted_ranker(name, resources.log, resources.model_dir, resources.seed, params)
+        else:
+            ranker = fitted_ranker(name, bench.background(episode_set), bench.root / "models", seed, params)
     elif kind == TEACHER:
         # the agent stack, imported when a ranker needs it (see above)
         from recthinker.agent.rankers import default_config

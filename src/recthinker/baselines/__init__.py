@@ -63,8 +63,8 @@ __all__ = [
 ]
 
 
-def fitted_ranker(name: str, log, cache_dir, seed: int) -> ScorerRanker:
-    """The `name` scorer fitted on `log` (or loaded from `cache_dir`), with seed `seed`, as a `Ranker`."""
-    return ScorerRanker(
-        fit_or_load(make_scorer(name), log, cache_dir, np.random.default_rng(seed)), name=name
-    )
+def fitted_ranker(name: str, log, cache_dir, seed: int, params: dict | None = None) -> ScorerRanker:
+    """The `name` scorer with hyper-parameters `params` (default: its defaults) fitted on `log` (or loaded
+    from `cache_dir` or the shipped fits), with seed `seed`, as a `Ranker`."""
+    scorer = make_scorer(name, **(params or {}))
+    return ScorerRanker(fit_or_load(scorer, log, cache_dir, np.random.default_rng(seed)), name=name)

@@ -302,3 +302,31 @@ class SASRecScorer:
             emb = self.model_.item_emb.weight[torch.from_numpy(idx[idx >= 0] + 1)]  # (n_known, H)
             scores = (emb @ last).double().numpy()  # (n_known,)
         return fill_unknown(idx, scores)
+
+    def score_many(
+        self, requests: Sequence[tuple[str | None, Sequence[str], Sequence[str]]]
+    ) -> list[np.ndarray]:
+        """`score` for many (user_id, history, items) at once, in batches of 256 sequences: the same numbers
+        (up to float rounding of the batched matrix products), an order of magnitude faster."""
+        seqs, idxs = [], []
+        for user_id, history, items in requests:
+            idxs.append(self.items_.indices(list(items)))
+            if user_id is not None and user_id in self.user_seqs_:
+                seq = self.user_seqs_[user_id]
+            else:
+                hist = self.items_.indices(list(history))
+                seq = hist[hist >= 0][-self.max_len :] + 1
+            seqs.append(np.pad(np.asarray(seq, dtype=np.int64), (self.max_len - len(seq), 0)))
+        out: list[np.ndarray] = []
+        with torch.inference_mode():
+            for first in range(0, len(seqs), 256):
+                batch = torch.from_numpy(np.stack(seqs[first : first + 256]))  # (B, T)
+                last = self.model_(batch)[:, -1]  # (B, H)
+                for row, idx in zip(last, idxs[first : first + 256], strict=True):
+                    emb = self.model_.item_emb.weight[torch.from_numpy(idx[idx >= 0] + 1)]  # (n_known, H)
+                    known = (emb @ row).double().numpy()
+                    out.append(fill_unknown(idx, known))
+        for k, (seq, idx) in enumerate(zip(seqs, idxs, strict=True)):
+            if not seq.any():  # nothing to read: every known item ties, as in `score`
+                out[k] = fill_unknown(idx, np.zeros(int((idx >= 0).sum())))
+        return out

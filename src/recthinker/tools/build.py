@@ -23,11 +23,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recthinker.baselines.tuned import tuned_params
 from recthinker.data.log import InteractionLog, Vocab
 from recthinker.data.prepared import Benchmark
 from recthinker.errors import DataError
 from recthinker.tools import collab, item
-from recthinker.tools.resources import Catalog, Index, Resources
+from recthinker.tools.resources import CF_MODELS, Catalog, Index, Resources
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ def build_resources(
     model_dir: Path | None = None,
     seed: int = 42,
     name: str = "",
+    scorer_params: dict[str, dict] | None = None,
 ) -> Resources:
     """Resources over `log_` (the background) and the catalog `items`; the index is cached in `cache_dir`."""
     start = time.perf_counter()
@@ -204,6 +206,7 @@ def build_resources(
         model_dir=Path(model_dir) if model_dir else Path(cache_dir).parent / "models",
         seed=seed,
         name=name,
+        scorer_params=dict(scorer_params or {}),
     )
 
 
@@ -211,7 +214,7 @@ def load_resources(bench: Benchmark, episode_set: str = "dense/test", *, seed: i
     """Resources for the episodes of `episode_set` in `bench`: its background, catalog and users.
 
     The index is cached in `<bench>/tools/`, fitted CF models in `<bench>/models/` (where `recthinker
-    baseline` puts them too).
+    baseline` puts them too); the CF models use the benchmark's tuned settings (`tuned_params`).
     """
     background = bench.background(episode_set)
     return build_resources(
@@ -222,4 +225,5 @@ def load_resources(bench: Benchmark, episode_set: str = "dense/test", *, seed: i
         model_dir=bench.root / "models",
         seed=seed,
         name=str(bench.manifest.get("dataset", bench.root.name)),
+        scorer_params={m: tuned_params(bench, m) for m in CF_MODELS},
     )

@@ -144,6 +144,9 @@ class Resources:
     model_dir: Path  # where fitted CF models are cached (shared with `recthinker baseline`)
     seed: int = 42  # rng seed for CF model fits (same as the baseline verb, so fits are shared)
     name: str = ""
+    scorer_params: dict[str, dict] = field(
+        default_factory=dict
+    )  # model -> tuned settings (default: defaults)
     _scorers: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -154,7 +157,10 @@ class Resources:
         with self._lock:
             if model not in self._scorers:
                 self._scorers[model] = fit_or_load(
-                    make_scorer(model), self.log, self.model_dir, np.random.default_rng(self.seed)
+                    make_scorer(model, **self.scorer_params.get(model, {})),
+                    self.log,
+                    self.model_dir,
+                    np.random.default_rng(self.seed),
                 )
             return self._scorers[model]
 

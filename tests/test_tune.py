@@ -1,0 +1,120 @@
+"""Tuning on validation episodes (eval/tune.py) and the tuned settings every later ranker uses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recthinker.baselines import make_scorer, tuned
+from recthinker.baselines.base import cache_key
+from recthinker.data.benchmark import BenchmarkConfig, build
+from recthinker.data.prepared import Benchmark
+from recthinker.errors import ConfigError
+from recthinker.eval import tune as tune_mod
+from recthinker.rankers import build_ranker
+
+
+@pytest.fixture
+def bench(tiny_dataset, tmp_path: Path) -> Benchmark:
+    """A fresh benchmark per test: tuning writes tuned.json into it."""
+    build(tiny_dataset, tmp_path / "bench", BenchmarkConfig(n_users=5, loo_sizes=(10, 20)))
+    return Benchmark.open(tmp_path / "bench")
+
+
+class NoTestData:
+    """The benchmark, but reading any test episodes or a test background raises."""
+
+    def __init__(self, bench: Benchmark) -> None:
+        self._bench = bench
+        self.root, self.manifest = bench.root, bench.manifest
+
+    def episodes(self, name: str):
+        assert not name.endswith("/test"), f"tuning read the test episodes {name}"
+        return self._bench.episodes(name)
+
+    def background(self, name: str):
+        assert not name.endswith("/test"), f"tuning read the background of {name}"
+        return self._bench.background(name)
+
+
+def test_tuning_never_reads_test_data_and_picks_the_best_validation_point(bench, monkeypatch):
+    monkeypatch.setitem(tuned.GRIDS, "ease", [{"lam": 1000.0}, {"lam": 1.0}, {"lam": 30.0}])
+    doc = tune_mod.tune(NoTestData(bench), ["ease"], tune_set="loo/valid", budget_s=600)
+    m = doc["models"]["ease"]
+    tried = doc["progress"]["ease"]
+    assert [t["params"]["lam"] for t in tried][0] == 1000.0  # the default first
+    assert m["params"] == max(tried, key=lambda t: t["ndcg@10"])["params"]
+    assert m["complete"] and m["points_tried"] == 3 and m["default_valid"] == tried[0]["ndcg@10"]
+    # recomputed by hand from the validation episodes
+    scorer = make_scorer("ease", **m["params"]).fit(
+        bench.background("loo/valid"), rng=np.random.default_rng(42)
+    )
+    assert tune_mod.validation_scores(scorer, bench.episodes("loo/valid"))["ndcg@10"] == pytest.approx(
+        m["valid"]["ndcg@10"]
+    )
+    assert json.loads((bench.root / "tuned.json").read_text())["models"]["ease"]["params"] == m["params"]
+
+
+def test_a_test_set_is_refused(bench):
+    with pytest.raises(ConfigError, match="validation episodes only"):
+        tune_mod.tune(bench, ["ease"], tune_set="loo/test")
+
+
+def test_later_rankers_and_tools_use_the_tuned_settings_and_untuned_the_defaults(bench, monkeypatch):
+    monkeypatch.setitem(tuned.GRIDS, "ease", [{"lam": 1000.0}, {"lam": 3.0}])
+    monkeypatch.setattr(
+        tune_mod, "validation_scores", lambda s, e: {"ndcg@10": 1.0 / s.lam, "hr@10": 0, "n": 1}
+    )
+    tune_mod.tune(bench, ["ease"], budget_s=600)
+    assert tuned.tuned_params(bench, "ease") == {"lam": 3.0}
+    assert build_ranker("ease", bench, "loo/test").scorer.lam == 3.0
+    assert build_ranker("ease-untuned", bench, "loo/test").scorer.lam == 1000.0
+    assert tuned.tuned_params(bench, "als") == {}  # not tuned: the defaults
+    from recthinker.tools.build import load_resources
+
+    assert load_resources(bench, "dense/test").scorer_params == {"als": {}, "sasrec": {}}
+
+
+def test_settings_tuned_on_other_inputs_are_ignored(bench, tmp_path, tiny_dataset):
+    monkeypatch_doc = {
+        "benchmark": {"dataset": "x", "inputs": {}, "config": {}},
+        "models": {"ease": {"params": {"lam": 7.0}}},
+    }
+    (bench.root / "tuned.json").write_text(json.dumps(monkeypatch_doc))
+    assert tuned.tuned_params(bench, "ease") == {}
+
+
+def test_the_budget_stops_the_search_and_a_rerun_resumes_it(bench, monkeypatch):
+    monkeypatch.setitem(tuned.GRIDS, "ease", [{"lam": 1000.0}, {"lam": 1.0}, {"lam": 30.0}])
+    first = tune_mod.tune(bench, ["ease"], budget_s=1e-9)
+    assert first["models"]["ease"]["points_tried"] == 1 and not first["models"]["ease"]["complete"]
+    fitted: list[float] = []
+    real = tune_mod.fit_or_load
+    monkeypatch.setattr(tune_mod, "fit_or_load", lambda s, *a: fitted.append(s.lam) or real(s, *a))
+    again = tune_mod.tune(bench, ["ease"], budget_s=600)
+    assert again["models"]["ease"]["complete"] and 1000.0 not in fitted  # the first point was not redone
+
+
+def test_sasrec_is_tuned_by_its_validation_curve_and_the_best_epoch_is_cached(bench, monkeypatch):
+    monkeypatch.setitem(tuned.GRIDS, "sasrec", [{"max_len": 12, "hidden": 16, "dropout": 0.2, "lr": 1e-2}])
+    monkeypatch.setattr(tune_mod, "SASREC_MAX_EPOCHS", 4)
+    monkeypatch.setattr(tune_mod, "SASREC_PATIENCE", 10)
+    doc = tune_mod.tune(bench, ["sasrec"], budget_s=600)
+    point = doc["progress"]["sasrec"][0]
+    assert [c["epoch"] for c in point["curve"]] == [1, 2, 3, 4]
+    best = max(point["curve"], key=lambda c: c["ndcg@10"])
+    chosen = doc["models"]["sasrec"]["params"]
+    assert chosen["epochs"] == best["epoch"]
+    # the cached model is exactly an unbroken fit of `epochs` = the best epoch
+    background = bench.background("loo/valid")
+    key = cache_key(make_scorer("sasrec", **chosen), background, np.random.default_rng(42))
+    assert (bench.root / "models" / f"{key}.pkl").is_file()
+    fresh = make_scorer("sasrec", **chosen).fit(background, rng=np.random.default_rng(42))
+    cached = build_ranker("sasrec", bench, "loo/valid").scorer
+    users = [e.user_id for e in bench.episodes("loo/valid")][:5]
+    items = list(bench.items.index[:20])
+    for u in users:
+        np.testing.assert_allclose(cached.score(items, user_id=u), fresh.score(items, user_id=u), atol=1e-5)
