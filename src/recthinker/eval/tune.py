@@ -2,8 +2,8 @@
 
     recthinker bench baselines --dataset ml-1m --tune --budget-s 600 --out outputs/baselines-tuned
 
-For every model, the points of its grid (`baselines.tuned.GRIDS`; the dataclass default first, then the
-rest in a seeded random order) are fitted on the validation background of `tune_set` (a `*/valid` set; test
+For every model, the points of its grid (`baselines.tuned.GRIDS`; its first point first, the defaults
+except for SASRec, then the rest in a seeded random order) are fitted on the validation background of `tune_set` (a `*/valid` set; test
 sets are refused, and no test episode or test background is ever read) and scored by NDCG@10 on its
 episodes, until the grid is done or the model's time budget is spent. The best point is written to
 `<benchmark>/tuned.json` (`tuned_params` reads it), with every point tried, its score and fit time, the
@@ -59,13 +59,11 @@ def validation_scores(scorer, episodes: Sequence[Episode]) -> dict[str, float]:
 
 
 def grid_order(name: str, seed: int) -> list[dict]:
-    """The grid of `name` in search order: the point equal to the defaults first, the rest shuffled."""
-    grid = list(GRIDS[name])
-    defaults = hyper_parameters(make_scorer(name))
-    first = [p for p in grid if all(defaults.get(k) == v for k, v in p.items())][:1]
-    rest = [p for p in grid if p not in first]
-    order = np.random.default_rng([seed, len(grid)]).permutation(len(rest))
-    return first + [rest[i] for i in order]
+    """The grid of `name` in search order: its first point (the defaults; SASRec: the paper's setting)
+    first, the rest in a seeded random order, so a budget that stops early has still sampled the grid."""
+    first, *rest = GRIDS[name]
+    order = np.random.default_rng([seed, len(rest)]).permutation(len(rest))
+    return [first] + [rest[i] for i in order]
 
 
 def tune(
