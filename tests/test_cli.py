@@ -202,3 +202,44 @@ def test_recommend_shows_the_run_live_or_prints_it_as_json(tiny_benchmark, monke
     script["replies"] = ["hmm"] * 2
     assert main([*argv, "--max-steps", "2"]) == 0
     assert "No valid ranking: no valid answer within 2 turns" in capsys.readouterr().out
+
+
+def test_bench_baselines_tune_then_tables_with_untuned_rows(tiny_dataset_dir, tmp_path, capsys):
+    bench = tmp_path / "bench"
+    assert (
+        main(
+            [
+                "prepare",
+                "--dataset",
+                str(tiny_dataset_dir),
+                "--out",
+                str(bench),
+                "--n-users",
+                "5",
+                "--loo-sizes",
+                "10",
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "tables"
+    args = [
+        "bench",
+        "baselines",
+        "--dataset",
+        str(bench),
+        "--out",
+        str(out),
+        "--ranker",
+        "ease",
+        "--ranker",
+        "pop",
+    ]
+    assert main([*args, "--tune", "--budget-s", "60", "--with-untuned", "--set", "loo/test"]) == 0
+    tuned = json.loads((out / "tuned.json").read_text())
+    assert list(tuned["models"]) == ["ease"] and tuned["tune_set"] == "loo/valid"  # pop has nothing to tune
+    assert tuned["models"]["ease"]["points_tried"] >= 1
+    assert json.loads((bench / "tuned.json").read_text())["models"] == tuned["models"]
+    results = json.loads((out / "results.json").read_text())["results"]["loo/test"]
+    assert set(results) == {"ease", "pop", "ease-untuned"}
+    assert "| ease |" in (out / "tuned.md").read_text()
