@@ -570,3 +570,21 @@ def test_ml1m_sasrec_band(ml1m_19):
     # measured with `recthinker bench baselines` on the same protocol (all 6,040 users, 1 + 19, seed 42):
     # NDCG@10 0.753 after 8 epochs (2 epochs gave 0.561, Pop level)
     assert 0.72 <= ndcg <= 0.79
+
+
+def test_sasrec_with_sequences_reads_the_newer_background_with_the_same_weights(tiny):
+    from recthinker.baselines.sasrec import SASRecScorer
+
+    log = tiny[0]
+    fitted = SASRecScorer(max_len=12, hidden=16, epochs=1, batch_size=8, threads=1).fit(
+        log, rng=np.random.default_rng(1)
+    )
+    newer = InteractionLog.from_records(
+        [*log.frame.itertuples(index=False, name=None), ("u01", "a05", 10**9), ("u01", "new-item", 10**9 + 1)]
+    )
+    folded = fitted.with_sequences(newer)
+    assert folded.model_ is fitted.model_  # no refit
+    assert list(folded.user_seqs_["u01"][-1:]) == [fitted.items_.index("a05") + 1]  # the unknown item dropped
+    expected = fitted.score(ALL_A, history=[*log.sequence("u01"), "a05"])
+    np.testing.assert_allclose(folded.score(ALL_A, user_id="u01"), expected, atol=1e-6)
+    np.testing.assert_array_equal(fitted.user_seqs_["u01"], fitted.with_sequences(log).user_seqs_["u01"])

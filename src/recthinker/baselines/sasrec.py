@@ -23,6 +23,7 @@ all randomness (init, dropout, batch order) comes from the `rng` passed to `fit`
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -182,6 +183,16 @@ class SASRecScorer:
     def _prepare(self, log: InteractionLog) -> None:
         self.users_, self.items_ = log.users, log.items
         self.user_seqs_ = {u: seq[-self.max_len :] for u, seq in self._sequences(log).items()}
+
+    def with_sequences(self, log: InteractionLog) -> Self:
+        """This fitted model reading known users' sequences from `log` (a newer background, e.g. train +
+        validation), the weights unchanged: SASRec's test protocol (train on train, test on an input that
+        also holds the validation item). Items this model never saw are dropped from the sequences."""
+        other = copy.copy(self)
+        codes = self.items_.indices(log.frame["item_id"].tolist()) + 1  # 0: unknown here, dropped below
+        rows = log.frame.groupby("user_id", sort=False).indices
+        other.user_seqs_ = {u: (seq := codes[pos])[seq > 0][-self.max_len :] for u, pos in rows.items()}
+        return other
 
     # ---- a fitted model as plain tensors (shipped fits: baselines/fitted/) ----------------------------
 
