@@ -118,3 +118,23 @@ def test_sasrec_is_tuned_by_its_validation_curve_and_the_best_epoch_is_cached(be
     items = list(bench.items.index[:20])
     for u in users:
         np.testing.assert_allclose(cached.score(items, user_id=u), fresh.score(items, user_id=u), atol=1e-5)
+
+
+def test_loo_test_sasrec_is_the_validation_fit_reading_the_test_background(bench, monkeypatch):
+    params = {"max_len": 12, "hidden": 16, "epochs": 2, "batch_size": 8, "threads": 1}
+    monkeypatch.setattr(tuned, "tuned_params", lambda b, name: params if name == "sasrec" else {})
+    import recthinker.rankers as rankers
+
+    monkeypatch.setattr(rankers, "tuned_params", tuned.tuned_params)
+    on_valid = build_ranker("sasrec", bench, "loo/valid").scorer
+    on_test = build_ranker("sasrec", bench, "loo/test").scorer
+    for a, b in zip(on_valid.model_.parameters(), on_test.model_.parameters(), strict=True):
+        np.testing.assert_array_equal(a.detach().numpy(), b.detach().numpy())  # one fit, chosen on validation
+    for e in bench.episodes("loo/test"):
+        seq = on_test.user_seqs_[e.user_id]
+        assert seq[-1] == on_test.items_.index(e.history[-1]) + 1  # the validation item is read
+    assert rankers.train_background(bench, "loo/test") is not None
+    assert rankers.train_background(bench, "dense/test") is None  # same background: fitted on it directly
+    # the other scorers are refitted on the test background
+    ease = build_ranker("ease", bench, "loo/test").scorer
+    assert ease.matrix_.nnz == len(bench.background("loo/test"))

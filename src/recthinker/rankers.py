@@ -145,7 +145,10 @@ def build_ranker(
         if resources is not None:
             ranker = fitted_ranker(name, resources.log, resources.model_dir, resources.seed, params)
         else:
-            ranker = fitted_ranker(name, bench.background(episode_set), bench.root / "models", seed, params)
+            log_ = bench.background(episode_set)
+            ranker = fitted_ranker(
+                name, log_, bench.root / "models", seed, params, train_background(bench, episode_set)
+            )
     elif kind == TEACHER:
         # the agent stack, imported when a ranker needs it (see above)
         from recthinker.agent.rankers import default_config
@@ -176,6 +179,17 @@ def build_ranker(
         raise RecThinkerError(f"unknown ranker {kind!r}: use one of {', '.join(KINDS)}")
     ranker.name = label
     return ranker
+
+
+def train_background(bench: Benchmark, episode_set: str):
+    """The validation background of a test set whose own background extends it (leave-one-out test sees
+    the validation items), else None: what a sequential model is fitted on (see `fitted_ranker`)."""
+    valid = episode_set.removesuffix("/test") + "/valid"
+    if not episode_set.endswith("/test") or valid not in bench.manifest["background"]:
+        return None
+    if bench.manifest["background"][valid] == bench.manifest["background"][episode_set]:
+        return None
+    return bench.background(valid)
 
 
 def _resources(bench: Benchmark, episode_set: str | None, seed: int) -> Resources:

@@ -63,8 +63,19 @@ __all__ = [
 ]
 
 
-def fitted_ranker(name: str, log, cache_dir, seed: int, params: dict | None = None) -> ScorerRanker:
+def fitted_ranker(
+    name: str, log, cache_dir, seed: int, params: dict | None = None, train_log=None
+) -> ScorerRanker:
     """The `name` scorer with hyper-parameters `params` (default: its defaults) fitted on `log` (or loaded
-    from `cache_dir` or the shipped fits), with seed `seed`, as a `Ranker`."""
+    from `cache_dir` or the shipped fits), with seed `seed`, as a `Ranker`.
+
+    `train_log`: the validation background, when `log` extends it (leave-one-out test: train + validation).
+    A sequential model (one with `with_sequences`: SASRec) is then fitted on `train_log` and reads the users
+    of `log`, as in SASRec's protocol, and the model chosen on validation is the one tested; the others are
+    refitted on `log` (seconds).
+    """
     scorer = make_scorer(name, **(params or {}))
-    return ScorerRanker(fit_or_load(scorer, log, cache_dir, np.random.default_rng(seed)), name=name)
+    rng = np.random.default_rng(seed)
+    if train_log is not None and hasattr(scorer, "with_sequences"):
+        return ScorerRanker(fit_or_load(scorer, train_log, cache_dir, rng).with_sequences(log), name=name)
+    return ScorerRanker(fit_or_load(scorer, log, cache_dir, rng), name=name)

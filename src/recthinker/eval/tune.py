@@ -37,6 +37,7 @@ from recthinker.baselines.tuned import (
 from recthinker.errors import ConfigError
 from recthinker.eval.report import atomic_write_bytes
 from recthinker.metrics import hit_at_k, ndcg_at_k, target_rank
+from recthinker.rankers import train_background
 from recthinker.types import Episode
 
 log = logging.getLogger(__name__)
@@ -288,10 +289,11 @@ def ship_fits(bench, doc: dict, *, seed: int = 42, models: Sequence[str] = ("sas
     FITTED_DIR.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(shipped_tuned_file(dataset), (json.dumps(settings, indent=2) + "\n").encode())
     written = [shipped_tuned_file(dataset)]
-    backgrounds = dict.fromkeys(bench.manifest["background"].values())  # background file -> first set
-    for rel in backgrounds:
-        set_name = next(s for s, b in bench.manifest["background"].items() if b == rel)
-        log_ = bench.background(set_name)
+    fit_logs: dict[str, object] = {}  # background file -> the log the shipped models fit on
+    for set_name, rel in bench.manifest["background"].items():
+        if train_background(bench, set_name) is None:  # a test set that reads, not fits, its background
+            fit_logs.setdefault(rel, bench.background(set_name))
+    for rel, log_ in fit_logs.items():
         for name in models:
             if name not in doc["models"]:
                 continue
