@@ -138,3 +138,16 @@ def test_loo_test_sasrec_is_the_validation_fit_reading_the_test_background(bench
     # the other scorers are refitted on the test background
     ease = build_ranker("ease", bench, "loo/test").scorer
     assert ease.matrix_.nnz == len(bench.background("loo/test"))
+
+
+def test_two_tuning_runs_on_one_benchmark_keep_each_others_results(bench, monkeypatch):
+    monkeypatch.setitem(tuned.GRIDS, "ease", [{"lam": 1000.0}, {"lam": 30.0}])
+    monkeypatch.setitem(tuned.GRIDS, "itemknn", [{"k": 100, "shrink": 0.0}])
+    tune_mod.tune(bench, ["ease"], budget_s=600)
+    tune_mod.tune(bench, ["itemknn"], budget_s=600)
+    on_disk = json.loads((bench.root / "tuned.json").read_text())
+    assert set(on_disk["models"]) == {"ease", "itemknn"}
+    assert tuned.tuned_params(bench, "ease") and tuned.tuned_params(bench, "itemknn") == {
+        "k": 100,
+        "shrink": 0.0,
+    }

@@ -5,8 +5,8 @@ a window's first `max_len` items and predicts, at every position t, the item at 
 
     h = item_emb(seq) * sqrt(H) + pos_emb(0..T-1)               (B, T, H)
     h = blocks(h)  x n_blocks: pre-LN causal self-attention + position-wise feed-forward, residuals
-    logits = LN(h) @ item_emb[1:]^T                              (B, T, n_items), tied embeddings
-    loss = cross-entropy(logits, next items), padding ignored    full softmax over all items
+    logits = LN(h)[real positions] @ item_emb[1:]^T              (n_real, n_items), tied embeddings
+    loss = cross-entropy(logits, next items)                     full softmax over all items
 
 Full-softmax cross-entropy (as in Klenitskiy & Vasilev, RecSys 2023) replaces the paper's one sampled
 negative with binary cross-entropy: with sampled BCE the model stayed below Pop after 50 epochs on ML-100K
@@ -239,7 +239,7 @@ class SASRecScorer:
         on_epoch: Callable[[int, Self], bool] | None,
     ) -> None:
         optimizer = torch.optim.Adam(self.model_.parameters(), lr=self.lr)
-        loss_fn = nn.CrossEntropyLoss(ignore_index=-1)
+        loss_fn = nn.CrossEntropyLoss()
         self.losses_, self.epochs_, start = [], 0, 0
         if checkpoint is not None and Path(checkpoint).is_file():
             start = self._resume(Path(checkpoint), optimizer, rng)
@@ -249,10 +249,11 @@ class SASRecScorer:
             total, steps = 0.0, 0
             for first in range(0, len(windows), self.batch_size):
                 batch = windows[order[first : first + self.batch_size]]  # (B, T + 1)
-                inputs, targets = batch[:, :-1], batch[:, 1:] - 1  # (B, T) each; -1 marks padding targets
-                targets = targets.masked_fill(inputs == 0, -1)  # no target after a padding input
-                logits = self.model_.logits(self.model_(inputs))  # (B, T, n_items)
-                loss = loss_fn(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+                inputs, targets = batch[:, :-1], batch[:, 1:] - 1  # (B, T) each
+                real = inputs != 0  # (B, T): no target after a padding input (windows are left-padded)
+                # logits only where there is a target: long windows are mostly padding for short users
+                logits = self.model_.logits(self.model_(inputs)[real])  # (n_real, n_items)
+                loss = loss_fn(logits, targets[real])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

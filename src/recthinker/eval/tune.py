@@ -17,6 +17,7 @@ every epoch, and SASRec checkpoints every epoch, so the same command after a kil
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import time
@@ -120,7 +121,7 @@ def tune(
             tried.append(entry)
             log.info("%s %s: NDCG@10 %.4f (%.1fs)", name, entry["params"], entry["ndcg@10"], entry["fit_s"])
             doc["progress"][name] = tried
-            _write(path, doc)
+            _write(path, doc, [name])
         best = max(tried, key=lambda t: (t["ndcg@10"], -t["fit_s"]))
         doc["models"][name] = {
             "params": best["params"],
@@ -132,7 +133,7 @@ def tune(
             "complete": len(tried) == len(order),
             "budget_s": budget_s,
         }
-        _write(path, doc)
+        _write(path, doc, [name])
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(Path(out) / "tuned.json", json.dumps(doc, indent=2).encode())
@@ -187,7 +188,7 @@ def _sasrec_point(point, background, episodes, bench, seed, left_s, path, doc) -
             best["ndcg@10"],
             best["epoch"],
         )
-        _write(path, doc)
+        _write(path, doc, ["sasrec"])
         stale = done - best["epoch"] >= SASREC_PATIENCE
         over = time.perf_counter() - t0 > left_s
         if over:
@@ -235,8 +236,27 @@ def _read_progress(path: Path, bench, tune_set: str, seed: int) -> dict:
     return doc
 
 
-def _write(path: Path, doc: dict) -> None:
-    atomic_write_bytes(path, json.dumps(doc, indent=2).encode())
+def _write(path: Path, doc: dict, names: Sequence[str]) -> None:
+    """Merge this run's models (`names`) into `path` under a lock and write it atomically: tuning runs of
+    different models on one benchmark (SASRec in one process, the fast ones in another) keep each other's
+    results."""
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = doc
+        if path.is_file():
+            on_disk = json.loads(path.read_text(encoding="utf-8"))
+            same = all(on_disk.get(k) == doc.get(k) for k in ("benchmark", "tune_set", "seed"))
+            if same:
+                merged = {**on_disk, **{k: doc[k] for k in ("benchmark", "tune_set", "seed")}}
+                for part in ("models", "progress"):
+                    ours = {n: doc[part][n] for n in names if n in doc.get(part, {})}
+                    merged[part] = {**on_disk.get(part, {}), **ours}
+                if "sasrec" in names:
+                    merged["sasrec_curve"] = {
+                        **on_disk.get("sasrec_curve", {}),
+                        **doc.get("sasrec_curve", {}),
+                    }
+        atomic_write_bytes(path, json.dumps(merged, indent=2).encode())
 
 
 def tuned_markdown(doc: dict) -> str:
