@@ -151,3 +151,13 @@ def test_two_tuning_runs_on_one_benchmark_keep_each_others_results(bench, monkey
         "k": 100,
         "shrink": 0.0,
     }
+
+
+@pytest.mark.parametrize("name", [n for n in tuned.GRIDS if n not in ("pop", "sasrec")])
+def test_each_grid_starts_at_the_defaults_so_a_short_budget_measures_the_untuned_ranker(name):
+    from recthinker.baselines.base import hyper_parameters
+
+    defaults = hyper_parameters(make_scorer(name))
+    first = tune_mod.grid_order(name, seed=42)[0]
+    assert all(defaults[k] == v for k, v in first.items())
+    assert len({json.dumps(p, sort_keys=True) for p in tuned.GRIDS[name]}) == len(tuned.GRIDS[name])
