@@ -34,19 +34,20 @@ def _grid(**axes: list) -> list[dict]:
 
 GRIDS: dict[str, list[dict]] = {
     "pop": [{}],
-    "itemknn": _grid(k=[20, 50, 100, 200], shrink=[0.0, 10.0, 100.0]),
-    "ease": _grid(lam=[100.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0]),
+    # the first value of every axis is the default, so a grid's first point is the untuned ranker
+    "itemknn": _grid(k=[100, 20, 50, 200], shrink=[0.0, 10.0, 100.0]),
+    "ease": _grid(lam=[1000.0, 100.0, 250.0, 500.0, 2000.0, 4000.0]),
     "als": _grid(
-        factors=[32, 64, 128],
-        regularization=[0.01, 0.05, 0.5],
-        alpha=[1.0, 2.0, 5.0, 10.0],
+        factors=[64, 32, 128],
+        regularization=[0.05, 0.01, 0.5],
+        alpha=[2.0, 1.0, 5.0, 10.0],
         iterations=[15, 30],
     ),
     "bpr": _grid(
-        factors=[32, 64, 128],
-        learning_rate=[0.005, 0.01, 0.05],
-        regularization=[0.001, 0.01, 0.1],
-        iterations=[50, 100, 200],
+        factors=[64, 32, 128],
+        learning_rate=[0.01, 0.005, 0.05],
+        regularization=[0.01, 0.001, 0.1],
+        iterations=[100, 50, 200],
     ),
     # not the default first: the paper's ML-1M setting (Kang & McAuley 2018: max_len 200, dropout 0.2) leads,
     # since one SASRec point can take the whole budget on a CPU; the default's curve is the untuned row's
