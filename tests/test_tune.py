@@ -153,7 +153,7 @@ def test_two_tuning_runs_on_one_benchmark_keep_each_others_results(bench, monkey
     }
 
 
-@pytest.mark.parametrize("name", [n for n in tuned.GRIDS if n not in ("pop", "sasrec")])
+@pytest.mark.parametrize("name", [n for n in tuned.GRIDS if n != "pop"])
 def test_each_grid_starts_at_the_defaults_so_a_short_budget_measures_the_untuned_ranker(name):
     from recthinker.baselines.base import hyper_parameters
 
