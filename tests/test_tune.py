@@ -161,3 +161,28 @@ def test_each_grid_starts_at_the_defaults_so_a_short_budget_measures_the_untuned
     first = tune_mod.grid_order(name, seed=42)[0]
     assert all(defaults[k] == v for k, v in first.items())
     assert len({json.dumps(p, sort_keys=True) for p in tuned.GRIDS[name]}) == len(tuned.GRIDS[name])
+
+
+def test_shipped_settings_and_fits_serve_a_fresh_machine_without_training(bench, tmp_path, monkeypatch):
+    import shutil
+
+    from recthinker.baselines import shipped
+    from recthinker.baselines.sasrec import SASRecScorer
+
+    monkeypatch.setattr(shipped, "FITTED_DIR", tmp_path / "fitted")
+    monkeypatch.setattr(tuned, "FITTED_DIR", tmp_path / "fitted")
+    monkeypatch.setitem(tuned.GRIDS, "sasrec", [{"max_len": 12, "hidden": 16, "dropout": 0.2, "lr": 1e-2}])
+    monkeypatch.setattr(tune_mod, "SASREC_MAX_EPOCHS", 2)
+    doc = tune_mod.tune(bench, ["sasrec"], budget_s=600)
+    written = tune_mod.ship_fits(bench, doc)
+    manifest = json.loads((tmp_path / "fitted" / "manifest.json").read_text())
+    (entry,) = manifest["fits"]  # one fit: the validation background (loo test reads, not fits, its own)
+    assert entry["params"] == doc["models"]["sasrec"]["params"] and entry["valid"]["n"] > 0
+    assert entry["log_sha256"] and entry["fit_s"] >= 0 and len(written) == 2
+    # a fresh machine: no tuned.json and no cached fits in the benchmark, only what the package ships
+    (bench.root / "tuned.json").unlink()
+    shutil.rmtree(bench.root / "models")
+    assert tuned.tuned_params(bench, "sasrec") == doc["models"]["sasrec"]["params"]
+    monkeypatch.setattr(SASRecScorer, "_train", lambda *a, **k: pytest.fail("trained instead of loading"))
+    ranker = build_ranker("sasrec", bench, "loo/test")
+    assert ranker.scorer.epochs == doc["models"]["sasrec"]["params"]["epochs"]

@@ -27,7 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from recthinker.baselines import make_scorer
-from recthinker.baselines.base import cache_key, fit_or_load, hyper_parameters, save_fitted, tie_break_keys
+from recthinker.baselines.base import (
+    cache_key,
+    fit_or_load,
+    hyper_parameters,
+    log_fingerprint,
+    save_fitted,
+    tie_break_keys,
+)
 from recthinker.baselines.tuned import (
     GRIDS,
     SASREC_MAX_EPOCHS,
@@ -328,6 +335,8 @@ def ship_fits(bench, doc: dict, *, seed: int = 42, models: Sequence[str] = ("sas
                 "dataset": dataset,
                 "background": rel,
                 "log_rows": len(log_),
+                "log_sha256": log_fingerprint(log_),
+                "benchmark_inputs": bench.manifest.get("sha256", {}).get("inputs"),
                 "params": params,
                 "valid": doc["models"][name]["valid"],
                 "fit_s": round(took, 1) if took > 5 else doc["models"][name]["fit_s"],
