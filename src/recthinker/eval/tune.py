@@ -58,13 +58,19 @@ def validation_scores(scorer, episodes: Sequence[Episode]) -> dict[str, float]:
         all_scores = scorer.score_many(requests)
     else:
         all_scores = [scorer.score(list(c), user_id=u, history=h) for u, h, c in requests]
-    ndcg, hr = [], []
+    ndcg, hr, hr5 = [], [], []
     for e, scores in zip(episodes, all_scores, strict=True):
         order = np.lexsort((tie_break_keys(e.episode_id, e.candidates), -scores))
         rank = target_rank([e.candidates[i] for i in order], e.target)
         ndcg.append(ndcg_at_k(rank, 10))
         hr.append(hit_at_k(rank, 10))
-    return {"ndcg@10": float(np.mean(ndcg)), "hr@10": float(np.mean(hr)), "n": len(episodes)}
+        hr5.append(hit_at_k(rank, 5))
+    return {
+        "ndcg@10": float(np.mean(ndcg)),
+        "hr@10": float(np.mean(hr)),
+        "hr@5": float(np.mean(hr5)),  # with 1 + 9 candidates HR@10 is always 1
+        "n": len(episodes),
+    }
 
 
 def grid_order(name: str, seed: int) -> list[dict]:
@@ -132,7 +138,7 @@ def tune(
         best = max(tried, key=lambda t: (t["ndcg@10"], -t["fit_s"]))
         doc["models"][name] = {
             "params": best["params"],
-            "valid": {k: best[k] for k in ("ndcg@10", "hr@10", "n")},
+            "valid": {k: best[k] for k in ("ndcg@10", "hr@10", "hr@5", "n") if k in best},
             "fit_s": best["fit_s"],
             "default_valid": _default_score(name, tried),
             "points_tried": len(tried),
@@ -222,7 +228,7 @@ def _sasrec_point(point, background, episodes, bench, seed, left_s, path, doc) -
         "search_s": state["fit_s"],
         "curve": state["curve"],
         "stopped": state.get("stopped", f"{SASREC_MAX_EPOCHS} epochs"),
-        **{k: best[k] for k in ("ndcg@10", "hr@10", "n")},
+        **{k: best[k] for k in ("ndcg@10", "hr@10", "hr@5", "n") if k in best},
     }
 
 
@@ -269,16 +275,17 @@ def _write(path: Path, doc: dict, names: Sequence[str]) -> None:
 def tuned_markdown(doc: dict) -> str:
     """One row per model: the chosen settings, validation NDCG@10 tuned vs default, fit time, search size."""
     lines = [
-        f"Tuned on `{doc['tune_set']}` (seed {doc['seed']}); NDCG@10 / HR@10 on those validation episodes.\n",
-        "| model | chosen settings | NDCG@10 | HR@10 | default NDCG@10 | fit s | points tried |",
-        "|---|---|---|---|---|---|---|",
+        f"Tuned on `{doc['tune_set']}` (seed {doc['seed']}); scores on those validation episodes.\n",
+        "| model | chosen settings | NDCG@10 | HR@5 | HR@10 | default NDCG@10 | fit s | points tried |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, m in doc["models"].items():
         params = ", ".join(f"{k}={v}" for k, v in m["params"].items()) or "–"
         default = "–" if m["default_valid"] is None else f"{m['default_valid']:.4f}"
         grid = f"{m['points_tried']}/{m['grid_size']}" + ("" if m["complete"] else " (budget)")
+        hr5 = f"{m['valid']['hr@5']:.4f}" if "hr@5" in m["valid"] else "–"
         lines.append(
-            f"| {name} | {params} | {m['valid']['ndcg@10']:.4f} | {m['valid']['hr@10']:.4f} | {default} "
+            f"| {name} | {params} | {m['valid']['ndcg@10']:.4f} | {hr5} | {m['valid']['hr@10']:.4f} | {default} "
             f"| {m['fit_s']:.1f} | {grid} |"
         )
     return "\n".join(lines) + "\n"
