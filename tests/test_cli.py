@@ -243,3 +243,16 @@ def test_bench_baselines_tune_then_tables_with_untuned_rows(tiny_dataset_dir, tm
     results = json.loads((out / "results.json").read_text())["results"]["loo/test"]
     assert set(results) == {"ease", "pop", "ease-untuned"}
     assert "| ease |" in (out / "tuned.md").read_text()
+    # the paired difference, recomputed from the two rankers' rows
+    rows = {
+        r: {
+            json.loads(x)["episode_id"]: json.loads(x)["ndcg@10"]
+            for x in (out / "loo-test" / r / "episodes.jsonl").open()
+        }
+        for r in ("ease", "ease-untuned")
+    }
+    diffs = [rows["ease"][e] - rows["ease-untuned"][e] for e in rows["ease"]]
+    paired = json.loads((out / "results.json").read_text())["tuned_minus_untuned"]["loo/test"]["ease"]
+    assert paired["diff"] == pytest.approx(sum(diffs) / len(diffs)) and paired["n"] == len(diffs)
+    assert paired["lo"] <= paired["diff"] <= paired["hi"]
+    assert "Tuned minus untuned" in (out / "results.md").read_text()

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from recthinker.eval.harness import evaluate
 from recthinker.eval.report import atomic_write_bytes, markdown_table
+from recthinker.eval.rundir import read_rows
+from recthinker.metrics import mean_ci95
 from recthinker.types import Ranker
 
 log = logging.getLogger(__name__)
@@ -62,11 +64,54 @@ def run_suite(
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "setup_s (fit or load)": {k: round(v, 2) for k, v in fit_s.items()},
     }
+    paired = paired_untuned(out, results)
     atomic_write_bytes(
-        out / "results.json", json.dumps({"meta": meta, "results": results}, indent=2).encode()
+        out / "results.json",
+        json.dumps({"meta": meta, "results": results, "tuned_minus_untuned": paired}, indent=2).encode(),
     )
-    atomic_write_bytes(out / "results.md", results_markdown(results).encode())
+    atomic_write_bytes(out / "results.md", (results_markdown(results) + paired_markdown(paired)).encode())
     return results
+
+
+def paired_untuned(out: Path, results: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
+    """NDCG@10 of each tuned ranker minus its `-untuned` twin on the same episodes: the mean paired
+    difference with a 95% t-interval, per set (`{set: {ranker: {diff, lo, hi, n}}}`)."""
+    paired: dict[str, dict[str, dict]] = {}
+    for set_name, rankers in results.items():
+        folder = out / set_name.replace("/", "-")
+        for r in rankers:
+            if f"{r}-untuned" not in rankers:
+                continue
+            a = {row["episode_id"]: row["ndcg@10"] for row in read_rows(folder / r / "episodes.jsonl")}
+            b = {
+                row["episode_id"]: row["ndcg@10"]
+                for row in read_rows(folder / f"{r}-untuned" / "episodes.jsonl")
+            }
+            both = sorted(set(a) & set(b))
+            if both:
+                diff, lo, hi = mean_ci95([a[e] - b[e] for e in both])
+                paired.setdefault(set_name, {})[r] = {"diff": diff, "lo": lo, "hi": hi, "n": len(both)}
+    return paired
+
+
+def paired_markdown(paired: dict[str, dict[str, dict]]) -> str:
+    """The paired differences as one table: rankers x sets, `+0.004 [-0.001, +0.009]`."""
+    if not paired:
+        return ""
+    sets = list(paired)
+    rankers = list(dict.fromkeys(r for s in sets for r in paired[s]))
+    lines = [
+        "\n### Tuned minus untuned (NDCG@10, paired over the same episodes, 95% CI)\n",
+        "| ranker | " + " | ".join(sets) + " |",
+        "|" + "---|" * (1 + len(sets)),
+    ]
+    for r in rankers:
+        cells = []
+        for s in sets:
+            d = paired[s].get(r)
+            cells.append("–" if d is None else f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]")
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def results_markdown(results: dict[str, dict[str, dict]]) -> str:
