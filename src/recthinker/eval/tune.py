@@ -108,7 +108,7 @@ def tune(
         tried: list[dict] = list(previous)
         done = {json.dumps(t["params"], sort_keys=True) for t in tried}
         order = grid_order(name, seed)
-        spent = sum(t["fit_s"] for t in tried)
+        spent = sum(t.get("search_s", t["fit_s"]) for t in tried)  # SASRec: every epoch tried, not the best
         for point in order:
             if json.dumps(point, sort_keys=True) in done:
                 continue
@@ -145,6 +145,7 @@ def tune(
             "grid_size": len(order),
             "complete": len(tried) == len(order),
             "budget_s": budget_s,
+            "search_s": round(spent + time.monotonic() - start, 1),
         }
         _write(path, doc, [name])
     if out is not None:
