@@ -144,7 +144,7 @@ def tune(
             "points_tried": len(tried),
             "grid_size": len(order),
             "complete": len(tried) == len(order),
-            "budget_s": budget_s,
+            "budget_s": max(budget_s, doc["models"].get(name, {}).get("budget_s", 0)),  # the largest given
             "search_s": round(spent + time.monotonic() - start, 1),
         }
         _write(path, doc, [name])
