@@ -152,8 +152,8 @@ def tune(
         Path(out).mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(Path(out) / "tuned.json", json.dumps(doc, indent=2).encode())
         atomic_write_bytes(Path(out) / "tuned.md", tuned_markdown(doc).encode())
-        if "sasrec" in doc["progress"]:
-            _plot_curves(doc["progress"]["sasrec"], Path(out) / "sasrec-curve.png")
+        if doc.get("sasrec_curve"):  # every setting tried, the unfinished ones too
+            _plot_curves(list(doc["sasrec_curve"].values()), Path(out) / "sasrec-curve.png")
     return doc
 
 
