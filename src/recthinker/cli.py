@@ -724,7 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--set",
         action="append",
-        help="baselines: episode sets (default dense/test sparse/test loo/test loo-20/test)",
+        help="baselines: episode sets (default dense/test sparse/test loo/test loo-20/test loo-100/test)",
     )
     s.add_argument("--ranker", action="append", help="baselines: rankers (default: all classic ones)")
     s.add_argument("--workers", type=argtypes.workers, default=1)

@@ -25,7 +25,7 @@ from recthinker.types import Ranker
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SETS = ("dense/test", "sparse/test", "loo/test", "loo-20/test")
+DEFAULT_SETS = ("dense/test", "sparse/test", "loo/test", "loo-20/test", "loo-100/test")
 
 
 def run_suite(
