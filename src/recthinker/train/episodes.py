@@ -49,9 +49,14 @@ SUBSET_SETS = ("dense", "sparse")  # evaluation subsets whose users are kept out
 
 
 def full_background(bench: Benchmark) -> InteractionLog:
-    """The full background of `bench` (what leave-one-out episodes and the default tools learn from)."""
-    names = [n for n in bench.manifest["episodes"] if n.startswith("loo")] or list(bench.manifest["episodes"])
-    return bench.background(names[0])
+    """The full training background of `bench`: what leave-one-out validation episodes and the default
+    tools learn from (never a validation or test interaction; the leave-one-out *test* sets' background
+    adds the validation items, so it is not this one)."""
+    sets = list(bench.manifest["episodes"])
+    names = [n for n in sets if n.startswith("loo") and n.endswith("/valid")] or [
+        n for n in sets if n.startswith("loo")
+    ]
+    return bench.background((names or sets)[0])
 
 
 def held_out(bench: Benchmark) -> dict[str, set[str]]:
