@@ -65,6 +65,7 @@ def ship(fitted, key: str, info: dict, folder: Path | None = None) -> Path:
     path = folder / f"{key}.pt"
     tmp = path.with_name(path.name + ".tmp")
     torch.save(fitted.state(), tmp)
+    os.chmod(tmp, 0o644)  # package data: readable by everyone who installs it
     os.replace(tmp, path)
     module = type(fitted).__module__
     entry = {
@@ -86,6 +87,7 @@ def ship(fitted, key: str, info: dict, folder: Path | None = None) -> Path:
     manifest = folder / "manifest.json"
     tmp = manifest.with_name("manifest.json.tmp")
     tmp.write_text(json.dumps({"fits": [*kept, entry]}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.chmod(tmp, 0o644)
     os.replace(tmp, manifest)
     return path
 

@@ -323,6 +323,7 @@ def ship_fits(bench, doc: dict, *, seed: int = 42, models: Sequence[str] = ("sas
     settings = {k: v for k, v in doc.items() if k not in ("progress", "sasrec_curve")}
     FITTED_DIR.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(shipped_tuned_file(dataset), (json.dumps(settings, indent=2) + "\n").encode())
+    shipped_tuned_file(dataset).chmod(0o644)  # package data: readable by everyone who installs it
     written = [shipped_tuned_file(dataset)]
     fit_logs: dict[str, object] = {}  # background file -> the log the shipped models fit on
     for set_name, rel in bench.manifest["background"].items():
