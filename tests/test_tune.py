@@ -118,6 +118,14 @@ def test_sasrec_is_tuned_by_its_validation_curve_and_the_best_epoch_is_cached(be
     items = list(bench.items.index[:20])
     for u in users:
         np.testing.assert_allclose(cached.score(items, user_id=u), fresh.score(items, user_id=u), atol=1e-5)
+    # a re-run knows the point is done (its recorded settings carry the chosen `epochs`): nothing is retrained
+    import recthinker.baselines.sasrec as sasrec_module
+
+    monkeypatch.setattr(
+        sasrec_module.SASRecScorer, "_train", lambda *a, **k: pytest.fail("retrained a done point")
+    )
+    again = tune_mod.tune(bench, ["sasrec"], budget_s=600)
+    assert again["progress"]["sasrec"] == doc["progress"]["sasrec"]
 
 
 def test_loo_test_sasrec_is_the_validation_fit_reading_the_test_background(bench, monkeypatch):

@@ -106,11 +106,11 @@ def tune(
         start = time.monotonic()
         previous = doc["progress"].get(name, [])
         tried: list[dict] = list(previous)
-        done = {json.dumps(t["params"], sort_keys=True) for t in tried}
+        done = {_point_key(t["params"]) for t in tried}
         order = grid_order(name, seed)
         spent = sum(t.get("search_s", t["fit_s"]) for t in tried)  # SASRec: every epoch tried, not the best
         for point in order:
-            if json.dumps(point, sort_keys=True) in done:
+            if _point_key(point) in done:
                 continue
             if spent + (time.monotonic() - start) > budget_s and tried:
                 log.info(
@@ -155,6 +155,11 @@ def tune(
         if doc.get("sasrec_curve"):  # every setting tried, the unfinished ones too
             _plot_curves(list(doc["sasrec_curve"].values()), Path(out) / "sasrec-curve.png")
     return doc
+
+
+def _point_key(params: dict) -> str:
+    """A grid point's identity: its settings without `epochs` (SASRec's chosen epochs are not a grid axis)."""
+    return json.dumps({k: v for k, v in params.items() if k != "epochs"}, sort_keys=True)
 
 
 def _default_score(name: str, tried: list[dict]) -> float | None:
