@@ -41,24 +41,25 @@ def test_help_does_not_import_torch():
     assert out == ["False", "False"]
 
 
+def prepare_tiny(dataset_dir: Path, out: Path) -> None:
+    """`recthinker prepare` on the tiny dataset: 5-user subsets, leave-one-out with 10 candidates."""
+    argv = [
+        "prepare",
+        "--dataset",
+        str(dataset_dir),
+        "--out",
+        str(out),
+        "--n-users",
+        "5",
+        "--loo-sizes",
+        "10",
+    ]
+    assert main(argv) == 0
+
+
 def test_prepare_then_evaluate(tiny_dataset_dir, tmp_path, capsys):
     out = tmp_path / "bench"
-    assert (
-        main(
-            [
-                "prepare",
-                "--dataset",
-                str(tiny_dataset_dir),
-                "--out",
-                str(out),
-                "--n-users",
-                "5",
-                "--loo-sizes",
-                "10",
-            ]
-        )
-        == 0
-    )
+    prepare_tiny(tiny_dataset_dir, out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert {"dense/test", "sparse/test", "loo/test", "loo/valid"} <= set(manifest["episodes"])
     episodes = out / manifest["episodes"]["dense/test"]
@@ -206,22 +207,7 @@ def test_recommend_shows_the_run_live_or_prints_it_as_json(tiny_benchmark, monke
 
 def test_bench_baselines_tune_then_tables_with_untuned_rows(tiny_dataset_dir, tmp_path, capsys):
     bench = tmp_path / "bench"
-    assert (
-        main(
-            [
-                "prepare",
-                "--dataset",
-                str(tiny_dataset_dir),
-                "--out",
-                str(bench),
-                "--n-users",
-                "5",
-                "--loo-sizes",
-                "10",
-            ]
-        )
-        == 0
-    )
+    prepare_tiny(tiny_dataset_dir, bench)
     out = tmp_path / "tables"
     args = [
         "bench",

@@ -107,9 +107,14 @@ class ScorerRanker:
         scores = self.scorer.score(candidates, user_id=episode.user_id, history=episode.history)
         if np.isnan(scores).any():
             raise ValueError(f"{self.name}: NaN scores for episode {episode.episode_id!r}")
-        # lexsort sorts by the last key first: score descending, then the hash key
-        order = np.lexsort((tie_break_keys(episode.episode_id, candidates), -scores))
-        return Ranking(items=tuple(candidates[i] for i in order))
+        return Ranking(items=ranked_by_score(episode.episode_id, candidates, scores))
+
+
+def ranked_by_score(episode_id: str, candidates: Sequence[str], scores: np.ndarray) -> tuple[str, ...]:
+    """The candidates by score, descending; ties by a hash of (episode, item), never by candidate order."""
+    # lexsort sorts by the last key first: score descending, then the hash key
+    order = np.lexsort((tie_break_keys(episode_id, candidates), -scores))
+    return tuple(candidates[i] for i in order)
 
 
 # ---- fit cache --------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ others fit in seconds.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ import sys
 from pathlib import Path
 
 from recthinker.baselines.fingerprint import source_fingerprint
+from recthinker.data.dataset import sha256_file
 from recthinker.data.log import InteractionLog
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def load_shipped(scorer, log_: InteractionLog, key: str, folder: Path | None = N
     if entry is None or not hasattr(scorer, "from_state"):
         return None
     path = folder / entry["file"]
-    if not path.is_file() or _sha256(path) != entry["sha256"]:
+    if not path.is_file() or sha256_file(path) != entry["sha256"]:
         log.warning("shipped fit %s is missing or damaged (sha256 differs); fitting instead", path)
         return None
     import torch  # heavy; only shipped scorers (torch models) get here
@@ -71,7 +71,7 @@ def ship(fitted, key: str, info: dict, folder: Path | None = None) -> Path:
     entry = {
         "key": key,
         "file": path.name,
-        "sha256": _sha256(path),
+        "sha256": sha256_file(path),
         "module": module,
         "source": source_fingerprint(sys.modules[module].__file__),
         **info,
@@ -90,7 +90,3 @@ def ship(fitted, key: str, info: dict, folder: Path | None = None) -> Path:
     os.chmod(tmp, 0o644)
     os.replace(tmp, manifest)
     return path
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -32,8 +32,8 @@ from recthinker.baselines.base import (
     fit_or_load,
     hyper_parameters,
     log_fingerprint,
+    ranked_by_score,
     save_fitted,
-    tie_break_keys,
 )
 from recthinker.baselines.tuned import (
     GRIDS,
@@ -43,8 +43,9 @@ from recthinker.baselines.tuned import (
     tuned_file,
 )
 from recthinker.errors import ConfigError
+from recthinker.eval.harness import score_rank
 from recthinker.eval.report import atomic_write_bytes
-from recthinker.metrics import hit_at_k, ndcg_at_k, target_rank
+from recthinker.metrics import target_rank
 from recthinker.rankers import train_background
 from recthinker.types import Episode
 
@@ -58,17 +59,14 @@ def validation_scores(scorer, episodes: Sequence[Episode]) -> dict[str, float]:
         all_scores = scorer.score_many(requests)
     else:
         all_scores = [scorer.score(list(c), user_id=u, history=h) for u, h, c in requests]
-    ndcg, hr, hr5 = [], [], []
-    for e, scores in zip(episodes, all_scores, strict=True):
-        order = np.lexsort((tie_break_keys(e.episode_id, e.candidates), -scores))
-        rank = target_rank([e.candidates[i] for i in order], e.target)
-        ndcg.append(ndcg_at_k(rank, 10))
-        hr.append(hit_at_k(rank, 10))
-        hr5.append(hit_at_k(rank, 5))
+    rows = [
+        score_rank(target_rank(ranked_by_score(e.episode_id, e.candidates, scores), e.target))
+        for e, scores in zip(episodes, all_scores, strict=True)
+    ]
     return {
-        "ndcg@10": float(np.mean(ndcg)),
-        "hr@10": float(np.mean(hr)),
-        "hr@5": float(np.mean(hr5)),  # with 1 + 9 candidates HR@10 is always 1
+        "ndcg@10": float(np.mean([r["ndcg@10"] for r in rows])),
+        "hr@10": float(np.mean([r["hr@10"] for r in rows])),
+        "hr@5": float(np.mean([r["hr@5"] for r in rows])),  # with 1 + 9 candidates HR@10 is always 1
         "n": len(episodes),
     }
 
@@ -157,17 +155,21 @@ def tune(
     return doc
 
 
+def _settings(params: dict) -> dict:
+    """A grid point's settings: `params` without `epochs` (SASRec's chosen epochs are not a grid axis)."""
+    return {k: v for k, v in params.items() if k != "epochs"}
+
+
 def _point_key(params: dict) -> str:
-    """A grid point's identity: its settings without `epochs` (SASRec's chosen epochs are not a grid axis)."""
-    return json.dumps({k: v for k, v in params.items() if k != "epochs"}, sort_keys=True)
+    """A grid point's identity (see `_settings`)."""
+    return json.dumps(_settings(params), sort_keys=True)
 
 
 def _default_score(name: str, tried: list[dict]) -> float | None:
     """Validation NDCG@10 of the dataclass defaults (the untuned ranker), when the search measured it."""
     defaults = hyper_parameters(make_scorer(name))
     for t in tried:
-        params = {k: v for k, v in t["params"].items() if k != "epochs"}
-        if all(defaults.get(k) == v for k, v in params.items()):
+        if all(defaults.get(k) == v for k, v in _settings(t["params"]).items()):
             if name != "sasrec":
                 return t["ndcg@10"]
             curve = t.get("curve", [])
@@ -222,12 +224,11 @@ def _sasrec_point(point, background, episodes, bench, seed, left_s, path, doc) -
     (models / f"{key}.ckpt").unlink(missing_ok=True)
     best = max(state["curve"], key=lambda c: c["ndcg@10"])
     chosen = {**point, "epochs": best["epoch"]}
-    fitted = make_scorer("sasrec", **chosen).from_state(background, torch.load(best_file, weights_only=True))
+    fitted = make_scorer("sasrec", **chosen)
+    pickle_path = models / f"{cache_key(fitted, background, np.random.default_rng(seed))}.pkl"
+    fitted.from_state(background, torch.load(best_file, weights_only=True))
     fitted.losses_ = [c["loss"] for c in state["curve"][: best["epoch"]]]
-    save_fitted(
-        fitted,
-        models / f"{cache_key(make_scorer('sasrec', **chosen), background, np.random.default_rng(seed))}.pkl",
-    )
+    save_fitted(fitted, pickle_path)
     return {
         "params": chosen,
         "fit_s": round(state["fit_s"] * best["epoch"] / max(len(state["curve"]), 1), 1),
