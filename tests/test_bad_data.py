@@ -533,6 +533,14 @@ def test_compressed_catalog_with_another_name(tmp_path):
         (lambda d, o: o.write_text("a file"), "exists and is not a folder"),
         (lambda d, o: (d / "toy.inter").write_bytes(gzip.compress(b"x")), "gzip-compressed"),
         (lambda d, o: (d / "toy.item").write_text(ITEM_HEAD), "no items"),
+        (
+            lambda d, o: (d / "toy.inter").write_text(INTER_HEAD.replace("\t", ",") + "u1,i1,5,7\n"),
+            "toy.inter:1: the header's fields are separated by ',', not tabs",
+        ),
+        (
+            lambda d, o: (d / "toy.inter").write_text(INTER_HEAD.replace("\t", "; ") + "u1; i1; 5; 7\n"),
+            "separated by ';', not tabs",
+        ),
     ],
 )
 def test_prepare_command_gives_one_line(tmp_path, capsys, setup, message):

@@ -270,3 +270,29 @@ def test_set_is_refused_with_episodes_and_a_refused_run_leaves_no_folder(tiny_be
     )
     assert_one_line_error(proc, "no/such")
     assert not out.exists()
+
+
+def test_dead_model_server_is_one_line_and_models_by_path_are_labelled(tiny_benchmark, tmp_path):
+    """An unreachable server: the retries and per-episode failures are -v detail; stderr says it once. A model
+    given by path or URL without LABEL= gets a folder-safe label, so the model's own error is what is shown."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once the socket closes
+    episodes = str(tiny_benchmark.root / "dense" / "test.jsonl")
+    out = tmp_path / "o"
+    url = f"http://127.0.0.1:{port}/v1"
+    proc = run_cli("evaluate", "--episodes", episodes, "--ranker", f"agent@{url}", "--out", str(out))
+    assert_one_line_error(proc, "evaluate stopped", url, "in a row", "run the same command to resume")
+    assert (out / f"agent@http_127.0.0.1_{port}_v1" / "episodes.jsonl").is_file()
+    proc = run_cli("evaluate", "--episodes", episodes, "--ranker", "agent@/no/such.gguf", "--out", str(out))
+    assert_one_line_error(proc, "agent@no_such.gguf", "'/no/such.gguf' not found")
+
+
+def test_episodes_that_is_a_folder_says_so(tiny_benchmark, tmp_path):
+    proc = run_cli(
+        "evaluate", "--episodes", str(tiny_benchmark.root), "--ranker", "pop", "--out", str(tmp_path / "o")
+    )
+    assert_one_line_error(proc, str(tiny_benchmark.root), "a folder; give an episodes JSONL file")
+    assert not (tmp_path / "o").exists()

@@ -131,7 +131,10 @@ def test_ranker_specs_name_models_and_reject_bad_labels() -> None:
 
     assert parse_ranker_spec("untrained=agent@base") == ("untrained", "agent", "base")
     assert parse_ranker_spec("agent") == ("agent", "agent", None)
-    for bad in ("agent@", "x/y=agent", "agent@outputs/run/adapter"):
+    # a model path or URL without a label gets a folder-safe one
+    assert parse_ranker_spec("agent@outputs/run/adapter").label == "agent@outputs_run_adapter"
+    assert parse_ranker_spec("agent@/m/x.gguf") == ("agent@m_x.gguf", "agent", "/m/x.gguf")
+    for bad in ("agent@", "x/y=agent"):
         with pytest.raises(RecThinkerError):
             parse_ranker_spec(bad)
 

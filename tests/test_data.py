@@ -75,15 +75,33 @@ def test_bad_header_and_missing_field(tmp_path):
         read_atomic(path, required=("user_id", "item_id"))
 
 
-def test_unknown_item_in_interactions_names_line(tmp_path):
+def test_items_the_item_file_lacks_join_the_catalog_bare_with_one_warning(tmp_path, caplog):
     folder = write_atomic(tmp_path / "d", "toy")
     with open(folder / "toy.inter", "a") as f:
         f.write("u1\tnope\t3\t5000\n")
+        f.write("u2\tnope\t3\t5001\n")
     n_lines = len((folder / "toy.inter").read_text().splitlines())
-    with pytest.raises(
-        DataError, match=rf"toy.inter:{n_lines}: field 'item_id': 'nope' is not in the item file"
-    ):
-        load_atomic_folder(folder)
+    with caplog.at_level("WARNING"):
+        ds = load_atomic_folder(folder)
+    warned = [r.getMessage() for r in caplog.records if "item file lacks" in r.getMessage()]
+    assert (
+        len(warned) == 1
+        and f"2 rows name items the item file lacks (first on line {n_lines - 1})" in warned[0]
+    )
+    assert ds.items.loc["nope", "title"] == "nope" and ds.items.loc["nope", "categories"] == []
+    assert ds.items.index.is_unique and "nope" in set(ds.log.frame["item_id"])
+
+
+def test_catalog_too_small_for_a_leave_one_out_size_skips_that_size(tmp_path, caplog):
+    ds = load_atomic_folder(write_atomic(tmp_path / "d", "toy"))
+    n_items = len(ds.items)
+    with caplog.at_level("WARNING"):
+        manifest = build(ds, tmp_path / "b", BenchmarkConfig(n_users=2, loo_sizes=(3, 100), subsets=False))
+    sets = set(manifest["episodes"])
+    assert "loo-3/test" in sets and not any(s.startswith("loo-100") for s in sets)
+    assert any(
+        f"lists of 100 skipped: the catalog has {n_items} items" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_duplicate_item_id(tmp_path):

@@ -108,6 +108,8 @@ def _resolve_episodes(args: argparse.Namespace, set_name: str):
     from recthinker.data.prepared import REPREPARE, Benchmark, ensure_benchmark, find_manifest, read_episodes
 
     if args.episodes:
+        if Path(args.episodes).is_dir():
+            raise ConfigError(f"--episodes {args.episodes}: a folder; give an episodes JSONL file in it")
         if not Path(args.episodes).is_file():
             raise ConfigError(f"--episodes {args.episodes}: no such file")
         manifest = find_manifest(args.episodes)

@@ -70,6 +70,8 @@ def parse_ranker_spec(spec: str) -> RankerSpec:
     RankerSpec(label='sft', kind='agent', model='outputs/train-cpu/sft/adapter')
     >>> parse_ranker_spec("fixed-workflow@base")
     RankerSpec(label='fixed-workflow@base', kind='fixed-workflow', model='base')
+    >>> parse_ranker_spec("agent@http://localhost:8080/v1").label
+    'agent@http_localhost_8080_v1'
     >>> parse_ranker_spec("ease")
     RankerSpec(label='ease', kind='ease', model=None)
     """
@@ -79,7 +81,9 @@ def parse_ranker_spec(spec: str) -> RankerSpec:
     kind, at, model = rest.partition("@")
     if at and not model:
         raise RecThinkerError(f"--ranker {spec!r}: nothing after '@' (give a model spec, e.g. agent@base)")
-    label = label or (f"{kind}@{model}" if at else kind)
+    if not label and at:  # a path or URL is not a folder name: `agent@/m/x.gguf` is labelled agent@m_x.gguf
+        label = f"{kind}@" + re.sub(r"[^\w.+@-]+", "_", model).strip("_.")
+    label = label or kind
     if not LABEL.fullmatch(label):
         raise RecThinkerError(
             f"--ranker {spec!r}: name it with LABEL= (letters, digits and . _ + @ -, not starting with a dot)"

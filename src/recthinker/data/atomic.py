@@ -31,6 +31,7 @@ import codecs
 import csv
 import io
 import logging
+import re
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
@@ -125,6 +126,12 @@ def parse_header(path: Path, header: str) -> dict[str, str]:
     """Field name -> type from an atomic file's header line."""
     if not header.strip():
         raise DataError(f"{path}:1: empty header (expected tab-separated name:type fields)")
+    other = re.search(r":(?:token_seq|token|float_seq|float)\s*([,; |])\s*\w", header)
+    if "\t" not in header and other:
+        raise DataError(
+            f"{path}:1: the header's fields are separated by {other.group(1)!r}, not tabs "
+            "(RecBole atomic files are tab-separated)"
+        )
     fields: dict[str, str] = {}
     for col, spec in enumerate(header.split("\t"), start=1):
         name, sep, ftype = spec.rpartition(":")

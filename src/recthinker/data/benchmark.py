@@ -116,7 +116,10 @@ def sample_negatives(
     # `items` holds every item of the dataset, so the user's seen items are a subset of it.
     available = len(items) - len(seen)
     if available < n:
-        raise DataError(f"user {user_id!r}: only {available} unseen items to sample {n} negatives from")
+        raise DataError(
+            f"user {user_id!r}: only {available} unseen items to sample {n} negatives from "
+            "(--n-negatives sets how many per episode)"
+        )
     n_stream = min(
         MAX_NEGATIVES, available
     )  # one stream per (user, split) whatever n is: callers get a prefix
@@ -204,6 +207,32 @@ def _episode(
         split=split,
         subset=subset,
     )
+
+
+def _loo_sizes_the_catalog_allows(ds, cfg, items: np.ndarray, seen: dict, evaluated) -> list[int]:
+    """`cfg.loo_sizes` without the list sizes a small catalog cannot fill for every user (each skipped with
+    one WARNING): a leave-one-out set holds every evaluated user, so a user who has seen all but a few
+    items would otherwise stop the whole `prepare`. A `.random` file brings its own candidates."""
+    if ds.negatives is not None or not evaluated:
+        return list(cfg.loo_sizes)
+    most = max(evaluated, key=lambda u: len(seen[u]))
+    left = len(items) - len(seen[most])
+    sizes = []
+    for size in cfg.loo_sizes:
+        if left >= size - 1:
+            sizes.append(size)
+        else:
+            log.warning(
+                "leave-one-out lists of %d skipped: the catalog has %d items and user %r has seen %d, "
+                "leaving %d to sample %d negatives from (--loo-sizes sets the list sizes)",
+                size,
+                len(items),
+                most,
+                len(seen[most]),
+                left,
+                size - 1,
+            )
+    return sizes
 
 
 def _negatives_for(
@@ -415,7 +444,7 @@ def _build_full(ds: Dataset, out: Path, cfg: BenchmarkConfig) -> dict:
     else:
         test_seqs = bg_seqs
     if cfg.loo:
-        for size in cfg.loo_sizes:
+        for size in _loo_sizes_the_catalog_allows(ds, cfg, items, seen, evaluated):
             name = "loo" if size == 10 else f"loo-{size}"
             for split, pos in (("valid", -2), ("test", -1)):
                 eps = []

@@ -13,6 +13,8 @@ holds exactly one `.item` (`.user`) file, that file is used, with one WARNING; s
 error that lists them. Value rules (what is an error, what is a missing value) are in `atomic.py`; on top:
 
 - An interaction file with no rows, a header-only `.item`/`.user`, a folder without `.inter`: errors.
+- Items that interactions name but the item file lacks join the catalog as bare rows (title = id), with one
+  WARNING per file giving their count and first line: published folders often hold metadata for only some.
 - Duplicate interactions: rows with the same user, item and timestamp (and, in the sequential form, the same
   item_id_list) are one interaction. Later copies are dropped with one WARNING giving their count and first
   line numbers; copies that disagree on rating or label are an error naming both lines. Without a timestamp
@@ -329,8 +331,7 @@ def load_files(files: DatasetFiles) -> Dataset:
             for s, p in files.splits.items()
         }
         log_ = InteractionLog(_expand_sequences(splits["train"]), name=name)
-        if items is None:
-            items = _bare_items(pd.concat([_item_ids(df) for df in splits.values()], ignore_index=True))
+        items = _catalog_of(items, pd.concat([_item_ids(df) for df in splits.values()], ignore_index=True))
         negatives = _negatives(files, items, {u for df in splits.values() for u in df["user_id"]})
         log.info("loaded pre-split %s: %d train interactions, %d items", name, len(log_), len(items))
         return Dataset(
@@ -347,7 +348,7 @@ def load_files(files: DatasetFiles) -> Dataset:
     table = read_atomic(files.inter, required=("user_id", "item_id"), nonempty=INTER_FIELDS)
     inter = _interactions(table, files.inter, items)
     log_ = InteractionLog(_expand_sequences(inter), name=name)
-    items = items if items is not None else _bare_items(_item_ids(inter))
+    items = _catalog_of(items, _item_ids(inter))
     negatives = _negatives(files, items, set(inter["user_id"]))
     log.info("loaded %s: %d interactions, %d users, %d items", name, len(log_), len(log_.users), len(items))
     return Dataset(name=name, log=log_, items=items, users=users, negatives=negatives, files=files.paths)
@@ -398,7 +399,7 @@ def load_tables(
     return Dataset(
         name=name,
         log=log_,
-        items=catalog if catalog is not None else _bare_items(_item_ids(df)),
+        items=_catalog_of(catalog, _item_ids(df)),
         files=tuple(files),
     )
 
@@ -443,19 +444,17 @@ def _interactions(df: pd.DataFrame, path: Path, items: pd.DataFrame | None) -> p
         _check_filled(df, key, path, lines)
     if items is not None:
         unknown = ~df["item_id"].isin(items.index).to_numpy()
+        if "item_id_list" in df.columns:
+            unknown |= np.array([any(x not in items.index for x in seq) for seq in df["item_id_list"]], bool)
         if unknown.any():
             i = int(np.flatnonzero(unknown)[0])
-            raise DataError(
-                f"{path}:{lines[i]}: field 'item_id': {df['item_id'].iloc[i]!r} is not in the item file "
-                f"({unknown.sum()} such rows)"
+            log.warning(
+                "%s: %d rows name items the item file lacks (first on line %d); they join the catalog "
+                "without metadata (title = id)",
+                path,
+                int(unknown.sum()),
+                lines[i],
             )
-        if "item_id_list" in df.columns:
-            for i, seq in enumerate(df["item_id_list"]):
-                bad = [x for x in seq if x not in items.index]
-                if bad:
-                    raise DataError(
-                        f"{path}:{lines[i]}: field 'item_id_list': {bad[0]!r} is not in the item file"
-                    )
     out = _drop_duplicates(df, path, np.asarray(lines))
     out.attrs = {}  # line numbers no longer match the rows; numpy arrays in attrs also break pd.concat
     if "timestamp" not in out.columns:
@@ -532,6 +531,17 @@ def _item_ids(df: pd.DataFrame) -> pd.Series:
     if "item_id_list" in df.columns:
         ids.append(pd.Series([i for seq in df["item_id_list"] for i in seq], dtype=object))
     return pd.concat(ids, ignore_index=True)
+
+
+def _catalog_of(items: pd.DataFrame | None, item_ids: pd.Series) -> pd.DataFrame:
+    """The item file's catalog plus a bare row for every interacting item it lacks (published folders often
+    ship metadata for only some items; `_interactions` warned about them); without an item file, ids only."""
+    if items is None:
+        return _bare_items(item_ids)
+    missing = item_ids[~item_ids.astype(str).isin(items.index)]
+    if missing.empty:
+        return items
+    return pd.concat([items, _bare_items(missing)])
 
 
 def _bare_items(item_ids: pd.Series) -> pd.DataFrame:

@@ -175,7 +175,10 @@ def _run_episode(ranker: Ranker, episode: Episode) -> tuple[str, dict[str, Any]]
         line = json.dumps(row) + "\n"  # inside the boundary: non-JSON info is a ranker bug too
     except Exception as exc:
         backend = is_backend_error(exc)
-        log.warning(
+        # a back-end failure is counted in the summary (and 3 in a row stop the run with one line): INFO;
+        # any other exception is a bug of the ranker: WARNING
+        log.log(
+            logging.INFO if backend else logging.WARNING,
             "ranker %s failed on episode %s%s: %r",
             ranker.name,
             episode.episode_id,

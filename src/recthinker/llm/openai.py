@@ -169,7 +169,7 @@ class OpenAICompatible:
                 if last or (isinstance(e, httpx.ConnectError) and attempt >= 1):
                     raise LLMServerError(f"{url}: {e!r} after {attempt + 1} attempts") from e
                 delay = self._delay(attempt, None)
-                log.warning("%s: %r; retry %d in %.1fs", url, e, attempt + 1, delay)
+                log.info("%s: %r; retry %d in %.1fs", url, e, attempt + 1, delay)
             else:
                 if response.status_code < 400:
                     try:
@@ -185,7 +185,7 @@ class OpenAICompatible:
                         f"{url}: HTTP {response.status_code} after {attempt + 1} attempts: {response.text[:500]}"
                     )
                 delay = self._delay(attempt, response.headers.get("Retry-After"))
-                log.warning("%s: HTTP %d; retry %d in %.1fs", url, response.status_code, attempt + 1, delay)
+                log.info("%s: HTTP %d; retry %d in %.1fs", url, response.status_code, attempt + 1, delay)
             time.sleep(delay)
         raise AssertionError("unreachable")
 
