@@ -141,8 +141,8 @@ def test_loo_test_sasrec_is_the_validation_fit_reading_the_test_background(bench
     for e in bench.episodes("loo/test"):
         seq = on_test.user_seqs_[e.user_id]
         assert seq[-1] == on_test.items_.index(e.history[-1]) + 1  # the validation item is read
-    assert rankers.train_background(bench, "loo/test") is not None
-    assert rankers.train_background(bench, "dense/test") is None  # same background: fitted on it directly
+    assert bench.train_background("loo/test") is not None
+    assert bench.train_background("dense/test") is None  # same background: fitted on it directly
     # the other scorers are refitted on the test background
     ease = build_ranker("ease", bench, "loo/test").scorer
     assert ease.matrix_.nnz == len(bench.background("loo/test"))

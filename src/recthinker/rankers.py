@@ -10,6 +10,8 @@ benchmarks build rankers here and nowhere else. The kinds:
 - the classic scorers (`recthinker.baselines.SCORER_NAMES`), fitted on the episode set's background with
   the settings tuned on validation (`baselines.tuned.tuned_params`), and `<name>-untuned`, the same with
   the dataclass defaults;
+- `fusion`, every tool signal combined by the learned fusion (`agent/fusion.py`), fitted on the
+  benchmark's validation episodes; no LLM;
 - `teacher`, the bootstrap teacher: a scripted policy over the real tools (`agent/teacher.py`); its weights
   are fitted by training (`train/teacher.py`), so the caller passes them (or a function that fits them);
 - the LLM kinds, which take a chat model (`KIND@MODEL`): the agent (`agent`; `agent-evidence` answers in
@@ -45,11 +47,12 @@ if TYPE_CHECKING:
 CLASSIC_KINDS = SCORER_NAMES  # fitted on each episode set's background, with the tuned settings
 UNTUNED_KINDS = tuple(f"{n}-untuned" for n in GRIDS if GRIDS[n] != [{}])  # the same with the defaults
 TEACHER = "teacher"  # the bootstrap teacher: a scripted policy over the real tools
+FUSION = "fusion"  # every tool signal through the learned fusion (agent/fusion.py), no LLM
 AGENT_KINDS = ("agent", "agent-evidence")  # the agent investigates with the tools; -evidence: answer form (c)
 PASSIVE_KINDS = ("zero-shot", "fixed-workflow")  # LLM baselines that choose no tools
 POINTWISE_KINDS = ("pointwise", "pointwise-evidence")  # answer form (b): log P(Yes) per candidate
 LLM_KINDS = AGENT_KINDS + PASSIVE_KINDS + POINTWISE_KINDS  # the kinds that take a model (KIND@MODEL)
-KINDS = CLASSIC_KINDS + UNTUNED_KINDS + LLM_KINDS + (TEACHER,)
+KINDS = CLASSIC_KINDS + (FUSION,) + UNTUNED_KINDS + LLM_KINDS + (TEACHER,)
 LABEL = re.compile(r"\w[\w.+@-]*")  # a ranker's label names its folder and a table row
 
 
@@ -151,8 +154,17 @@ def build_ranker(
         else:
             log_ = bench.background(episode_set)
             ranker = fitted_ranker(
-                name, log_, bench.root / "models", seed, params, train_background(bench, episode_set)
+                name, log_, bench.root / "models", seed, params, bench.train_background(episode_set)
             )
+    elif kind == FUSION:
+        # the agent stack, imported when a ranker needs it (see above)
+        from recthinker.agent.fusion import FusionRanker, fit_fusion
+
+        if bench is None:
+            raise ConfigError("the fusion ranker needs a benchmark: it is fitted on its validation episodes")
+        if resources is None:
+            resources = _resources(bench, episode_set, seed)
+        ranker = FusionRanker(resources, fit_fusion(bench, seed=seed))
     elif kind == TEACHER:
         # the agent stack, imported when a ranker needs it (see above)
         from recthinker.agent.rankers import default_config
@@ -183,17 +195,6 @@ def build_ranker(
         raise RecThinkerError(f"unknown ranker {kind!r}: use one of {', '.join(KINDS)}")
     ranker.name = label
     return ranker
-
-
-def train_background(bench: Benchmark, episode_set: str):
-    """The validation background of a test set whose own background extends it (leave-one-out test sees
-    the validation items), else None: what a sequential model is fitted on (see `fitted_ranker`)."""
-    valid = episode_set.removesuffix("/test") + "/valid"
-    if not episode_set.endswith("/test") or valid not in bench.manifest["background"]:
-        return None
-    if bench.manifest["background"][valid] == bench.manifest["background"][episode_set]:
-        return None
-    return bench.background(valid)
 
 
 def _resources(bench: Benchmark, episode_set: str | None, seed: int) -> Resources:

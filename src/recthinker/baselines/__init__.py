@@ -59,23 +59,30 @@ __all__ = [
     "Scorer",
     "ScorerRanker",
     "fit_or_load",
+    "fitted_ranker",
+    "fitted_scorer",
     "make_scorer",
 ]
+
+
+def fitted_scorer(name: str, log, cache_dir, seed: int, params: dict | None = None, train_log=None):
+    """The `name` scorer with hyper-parameters `params` (default: its defaults) fitted on `log` (or loaded
+    from `cache_dir` or the shipped fits), with seed `seed`.
+
+    `train_log`: the validation background, when `log` extends it (leave-one-out test: train + validation).
+    A sequential model (one with `with_sequences`: SASRec) is then fitted on `train_log` and reads the users
+    of `log`, as in SASRec's protocol, and the model chosen on validation is the one tested; the others are
+    refitted on `log` (seconds). The classic rankers and the tools' CF scores both come from here.
+    """
+    scorer = make_scorer(name, **(params or {}))
+    rng = np.random.default_rng(seed)
+    if train_log is not None and hasattr(scorer, "with_sequences"):
+        return fit_or_load(scorer, train_log, cache_dir, rng).with_sequences(log)
+    return fit_or_load(scorer, log, cache_dir, rng)
 
 
 def fitted_ranker(
     name: str, log, cache_dir, seed: int, params: dict | None = None, train_log=None
 ) -> ScorerRanker:
-    """The `name` scorer with hyper-parameters `params` (default: its defaults) fitted on `log` (or loaded
-    from `cache_dir` or the shipped fits), with seed `seed`, as a `Ranker`.
-
-    `train_log`: the validation background, when `log` extends it (leave-one-out test: train + validation).
-    A sequential model (one with `with_sequences`: SASRec) is then fitted on `train_log` and reads the users
-    of `log`, as in SASRec's protocol, and the model chosen on validation is the one tested; the others are
-    refitted on `log` (seconds).
-    """
-    scorer = make_scorer(name, **(params or {}))
-    rng = np.random.default_rng(seed)
-    if train_log is not None and hasattr(scorer, "with_sequences"):
-        return ScorerRanker(fit_or_load(scorer, train_log, cache_dir, rng).with_sequences(log), name=name)
-    return ScorerRanker(fit_or_load(scorer, log, cache_dir, rng), name=name)
+    """`fitted_scorer` as a `Ranker`."""
+    return ScorerRanker(fitted_scorer(name, log, cache_dir, seed, params, train_log), name=name)

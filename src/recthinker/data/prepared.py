@@ -222,6 +222,17 @@ class Benchmark:
             raise DataError(f"{self.root}: no background for episode set {name!r}; {REPREPARE}")
         return _read_background(self.root / self.manifest["background"][name])
 
+    def train_background(self, name: str) -> InteractionLog | None:
+        """The validation background of test set `name` when its own background extends it (leave-one-out
+        test sees the validation items), else None: what a sequential model is fitted on, reading the
+        test background's users (SASRec's protocol; `baselines.fitted_scorer`)."""
+        valid = name.removesuffix("/test") + "/valid"
+        if not name.endswith("/test") or valid not in self.manifest["background"]:
+            return None
+        if self.manifest["background"][valid] == self.manifest["background"].get(name):
+            return None
+        return self.background(valid)
+
     def name_of(self, episodes_path: str | Path) -> str:
         """The episode-set name of a file of this benchmark; DataError when it is not listed in the
         manifest, or when its content changed since `recthinker prepare` wrote it (sha256)."""

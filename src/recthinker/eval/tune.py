@@ -46,7 +46,6 @@ from recthinker.errors import ConfigError
 from recthinker.eval.harness import score_rank
 from recthinker.eval.report import atomic_write_bytes
 from recthinker.metrics import target_rank
-from recthinker.rankers import train_background
 from recthinker.types import Episode
 
 log = logging.getLogger(__name__)
@@ -333,7 +332,7 @@ def ship_fits(bench, doc: dict, *, seed: int = 42, models: Sequence[str] = ("sas
     written = [shipped_tuned_file(dataset)]
     fit_logs: dict[str, object] = {}  # background file -> the log the shipped models fit on
     for set_name, rel in bench.manifest["background"].items():
-        if train_background(bench, set_name) is None:  # a test set that reads, not fits, its background
+        if bench.train_background(set_name) is None:  # a test set that reads, not fits, its background
             fit_logs.setdefault(rel, bench.background(set_name))
     for rel, log_ in fit_logs.items():
         for name in models:

@@ -177,6 +177,7 @@ def build_resources(
     seed: int = 42,
     name: str = "",
     scorer_params: dict[str, dict] | None = None,
+    train_log: InteractionLog | None = None,
 ) -> Resources:
     """Resources over `log_` (the background) and the catalog `items`; the index is cached in `cache_dir`."""
     start = time.perf_counter()
@@ -207,6 +208,7 @@ def build_resources(
         seed=seed,
         name=name,
         scorer_params=dict(scorer_params or {}),
+        train_log=train_log,
     )
 
 
@@ -226,4 +228,5 @@ def load_resources(bench: Benchmark, episode_set: str = "dense/test", *, seed: i
         seed=seed,
         name=str(bench.manifest.get("dataset", bench.root.name)),
         scorer_params={m: tuned_params(bench, m) for m in CF_MODELS},
+        train_log=bench.train_background(episode_set),
     )

@@ -28,8 +28,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recthinker.baselines import make_scorer
-from recthinker.baselines.base import fit_or_load
+from recthinker.baselines import fitted_scorer
 from recthinker.data.log import InteractionLog, Vocab
 
 log = logging.getLogger(__name__)
@@ -147,20 +146,24 @@ class Resources:
     scorer_params: dict[str, dict] = field(
         default_factory=dict
     )  # model -> tuned settings (default: defaults)
+    train_log: InteractionLog | None = None  # leave-one-out test: the validation background SASRec fits on
     _scorers: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def scorer(self, model: str):
-        """The `model` scorer fitted on the background (fit once and cached in `model_dir`)."""
+        """The `model` scorer fitted on the background (fit once and cached in `model_dir`); with a
+        `train_log`, as the classic ranker of the same set is (`baselines.fitted_scorer`)."""
         if model not in CF_MODELS:
             raise ValueError(f"unknown CF model {model!r}; expected one of {CF_MODELS}")
         with self._lock:
             if model not in self._scorers:
-                self._scorers[model] = fit_or_load(
-                    make_scorer(model, **self.scorer_params.get(model, {})),
+                self._scorers[model] = fitted_scorer(
+                    model,
                     self.log,
                     self.model_dir,
-                    np.random.default_rng(self.seed),
+                    self.seed,
+                    self.scorer_params.get(model, {}),
+                    self.train_log,
                 )
             return self._scorers[model]
 
