@@ -88,3 +88,83 @@ def test_fusion_ranker_ranks_every_candidate(tiny_benchmark):
         ranking = ranker.rank(ep)
         assert ranking.valid and sorted(ranking.items) == sorted(ep.candidates)
     assert ranker.name == "fusion"
+
+
+def test_answer_form_c_ranks_by_the_environments_evidence_order():
+    from recthinker.agent.loop import answer_to_ranking
+
+    class Env:
+        def __init__(self, order):
+            self.evidence_order = order
+
+        def signals(self, models=()):
+            return {"item_relations": np.array([1.0, 3.0, 2.0]), "cf_als": np.array([3.0, 2.0, 1.0])}
+
+    calls = [("item_relations", {})]
+    seen = []
+
+    def reverse_relations(signals, keys):  # the combiner gets exactly the evidence the calls revealed
+        seen.append(list(keys))
+        return np.argsort(signals["item_relations"], kind="stable")
+
+    equal = answer_to_ranking(
+        "promote; demote", ["a", "b", "c"], "evidence", evidence_calls=calls, env=Env(None)
+    )
+    fused = answer_to_ranking(
+        "promote [2]; demote", ["a", "b", "c"], "evidence", evidence_calls=calls, env=Env(reverse_relations)
+    )
+    assert equal.items == ("b", "c", "a")  # no combiner: the equal-weight order of the evidence
+    assert fused.items == ("b", "a", "c") and seen == [
+        ["item_relations"]
+    ]  # [2] promoted over the fused order
+
+
+def test_with_fusion_attaches_a_lazy_order_once(tiny_benchmark, monkeypatch):
+    from recthinker.tools.build import load_resources
+
+    res = load_resources(tiny_benchmark, "dense/test")
+    fitted = []
+    monkeypatch.setattr(fz, "fit_fusion", lambda bench, seed=42: fitted.append(seed) or Fusion(None))
+    attached = fz.with_fusion(res, tiny_benchmark, seed=5)
+    assert res.evidence_order is None and isinstance(attached.evidence_order, fz.LazyFusionOrder)
+    assert not fitted  # nothing fitted until an evidence answer needs the order
+    assert fz.with_fusion(attached, tiny_benchmark) is attached
+
+
+def test_a_shipped_fusion_is_used_when_the_benchmark_has_none(tiny_benchmark, tmp_path, monkeypatch):
+    import shutil
+
+    model = fit_fusion(tiny_benchmark, seed=7)
+    cached = tiny_benchmark.root / "fusion" / model.meta["file"]
+    monkeypatch.setattr(fz, "FITTED_DIR", tmp_path / "fitted")
+    (tmp_path / "fitted").mkdir()
+    shipped = fz.ship_fusion(tiny_benchmark, seed=7)
+    assert sorted(p.name for p in shipped) == sorted([cached.name, cached.with_suffix(".json").name])
+    shutil.rmtree(tiny_benchmark.root / "fusion")  # a fresh machine: nothing cached
+    monkeypatch.setattr(fz, "train", lambda *a, **k: pytest.fail("refitted although a fusion ships"))
+    again = fit_fusion(tiny_benchmark, seed=7)
+    rng = np.random.default_rng(1)
+    raw = {s: rng.normal(size=10) for s in SIGNALS}
+    assert np.array_equal(model.score(raw), again.score(raw))
+
+
+@pytest.mark.realdata
+def test_ml1m_fusion_ships_with_the_package(monkeypatch):
+    from recthinker.data.prepared import ensure_benchmark
+
+    monkeypatch.setattr(fz, "train", lambda *a, **k: pytest.fail("the ML-1M fusion should ship"))
+    monkeypatch.setattr(fz, "episode_signals", lambda *a, **k: pytest.fail("the ML-1M fusion should ship"))
+    bench = ensure_benchmark("ml-1m")
+    if (bench.root / "fusion").exists():
+        monkeypatch.setattr(fz.Path, "is_file", _only_shipped(fz.Path.is_file))
+    model = fit_fusion(bench)
+    assert model.meta["fit_set"] == "loo/valid" and model.meta["n_episodes"] == 6040
+
+
+def _only_shipped(is_file):
+    """Path.is_file that hides the benchmark's own fusion cache (so the shipped copy must be found)."""
+
+    def hidden(path):
+        return False if path.parent.name == "fusion" else is_file(path)
+
+    return hidden

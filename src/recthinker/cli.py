@@ -33,6 +33,7 @@ from recthinker import argtypes
 from recthinker.errors import ConfigError, RecThinkerError
 from recthinker.rankers import (
     CLASSIC_KINDS,
+    FUSION,
     KINDS,
     LLM_KINDS,
     UNTUNED_KINDS,
@@ -276,7 +277,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from recthinker.eval.suite import DEFAULT_SETS, results_markdown, run_suite
 
         bench = ensure_benchmark(args.dataset)
-        rankers = list(dict.fromkeys(args.ranker or CLASSIC_KINDS))
+        rankers = list(dict.fromkeys(args.ranker or (*CLASSIC_KINDS, FUSION)))
         if args.tune:
             # imported in the verb: torch (SASRec) stays out of --help
             from recthinker.eval.tune import ship_fits, tune, tuned_markdown
@@ -293,7 +294,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             )
             print(tuned_markdown(doc))
             if args.ship:
-                for path in ship_fits(bench, doc, seed=args.seed):
+                # imported in the verb: lightgbm stays out of --help
+                from recthinker.agent.fusion import ship_fusion
+
+                for path in [*ship_fits(bench, doc, seed=args.seed), *ship_fusion(bench, seed=args.seed)]:
                     print(f"shipped {path}")
         if args.with_untuned:
             rankers += [f"{r}-untuned" for r in rankers if f"{r}-untuned" in UNTUNED_KINDS]
@@ -728,7 +732,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="baselines: episode sets (default dense/test sparse/test loo/test loo-20/test loo-100/test)",
     )
-    s.add_argument("--ranker", action="append", help="baselines: rankers (default: all classic ones)")
+    s.add_argument(
+        "--ranker", action="append", help="baselines: rankers (default: all classic ones and fusion)"
+    )
     s.add_argument("--workers", type=argtypes.workers, default=1)
     s.add_argument(
         "--limit", type=argtypes.limit, default=0, help="baselines: first N episodes per set (0 = all)"
@@ -756,7 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--ship",
         action="store_true",
-        help="baselines --tune: write the tuned settings and SASRec fits into the package (developers)",
+        help="baselines --tune: write the tuned settings, the SASRec fits and the fusion into the package (developers)",
     )
     s.add_argument("--tune-only", action="store_true", help="baselines --tune: skip the tables")
     s.add_argument(

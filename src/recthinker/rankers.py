@@ -179,12 +179,15 @@ def build_ranker(
         ranker = TeacherRanker(resources, items, weights, config or default_config(kind))
     elif kind in LLM_KINDS:
         # the agent stack, imported when a ranker needs it (see above)
+        from recthinker.agent.fusion import with_fusion
         from recthinker.agent.pointwise import PointwiseRanker
         from recthinker.agent.rankers import AgentRanker, SignalTau, default_config
 
         chat = _chat_model(model if model_spec is None else model_spec, models, threads)
         if resources is None:
             resources = _resources(bench, episode_set, seed)
+        if bench is not None and kind in AGENT_KINDS:  # answer form (c) ranks by the learned fusion
+            resources = with_fusion(resources, bench, seed)
         items = bench.items if items is None else items
         if kind in POINTWISE_KINDS:
             pointwise = PointwiseRanker(chat, resources, items, with_evidence=kind == "pointwise-evidence")

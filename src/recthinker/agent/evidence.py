@@ -6,8 +6,10 @@ environment turns that into the full permutation.
 The base order is the evidence the agent itself gathered in this episode: the z-scored signals of the tools
 it called, each tool's as it declares it (`@tool(signal=...)` in `tools/env.py`: cf_scores -> that model's
 scores, item_relations -> relation strength, similar_users -> how many similar users chose each candidate,
-user_profile / user_history -> genre match, item_info -> popularity), summed with equal weights. Promoted candidates then move to the top in the order named, demoted ones to the
-bottom. No evidence tool called means no base order: the answer is invalid (never a fallback to candidate
+user_profile / user_history -> genre match, item_info -> popularity), combined by the learned fusion
+(`agent/fusion.py`) when the ranker's resources carry one (`Resources.evidence_order`; the agent rankers built
+over a benchmark do), else summed with equal weights. Promoted candidates then move to the top in the order
+named, demoted ones to the bottom. No evidence tool called means no base order: the answer is invalid (never a fallback to candidate
 order or to a signal the agent did not ask for).
 """
 
@@ -15,13 +17,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from recthinker.agent.parse import ParsedRanking
 from recthinker.tools.env import TOOLS
+
+# candidate indices, best first, from the signals `keys` of a {signal: per-candidate values} mapping
+EvidenceOrder = Callable[[Mapping[str, np.ndarray], Sequence[str]], np.ndarray]
 
 _SECTION_RE = re.compile(r"(promote|demote)\s*:?\s*((?:\[\s*\d{1,4}\s*\][\s,]*)*)", re.IGNORECASE)
 _LABEL_RE = re.compile(r"\[\s*(\d{1,4})\s*\]")
@@ -86,6 +91,14 @@ def base_order(signals: Mapping[str, np.ndarray], keys: Sequence[str]) -> np.nda
     return np.argsort(-total, kind="stable")
 
 
+def environment_order(
+    signals: Mapping[str, np.ndarray], keys: Sequence[str], order: EvidenceOrder | None = None
+) -> np.ndarray:
+    """The base order answer form (c) applies promotions to: `order` (the environment's evidence combiner,
+    the learned fusion when the caller attached one to the resources) over `keys`, else `base_order`."""
+    return np.asarray(order(signals, keys)) if order is not None else base_order(signals, keys)
+
+
 def parse_evidence_answer(text: str | None, n: int) -> tuple[list[int], list[int], list[str]]:
     """(promoted, demoted, problems) as 0-based candidate positions.
 
@@ -113,9 +126,14 @@ def parse_evidence_answer(text: str | None, n: int) -> tuple[list[int], list[int
 
 
 def evidence_ranking(
-    text: str | None, candidates: Sequence[str], signals: Mapping[str, np.ndarray], keys: Sequence[str]
+    text: str | None,
+    candidates: Sequence[str],
+    signals: Mapping[str, np.ndarray],
+    keys: Sequence[str],
+    order: EvidenceOrder | None = None,
 ) -> ParsedRanking:
-    """The permutation an evidence answer stands for (invalid, with problems, when it cannot be built)."""
+    """The permutation an evidence answer stands for (invalid, with problems, when it cannot be built);
+    `order`: the environment's evidence combiner (see `environment_order`)."""
     promoted, demoted, problems = parse_evidence_answer(text, len(candidates))
     if not keys:
         problems.append(
@@ -123,6 +141,7 @@ def evidence_ranking(
         )
     if problems:
         return ParsedRanking(items=(), problems=problems)
-    middle = [int(i) for i in base_order(signals, keys) if i not in promoted and i not in demoted]
-    order = promoted + middle + [i for i in base_order(signals, keys) if i in demoted]
-    return ParsedRanking(items=tuple(candidates[i] for i in order))
+    base = [int(i) for i in environment_order(signals, keys, order)]
+    middle = [i for i in base if i not in promoted and i not in demoted]
+    ranked = promoted + middle + [i for i in base if i in demoted]
+    return ParsedRanking(items=tuple(candidates[i] for i in ranked))

@@ -21,9 +21,11 @@ base order is this model over exactly the signals the agent's successful calls r
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +36,10 @@ import numpy as np
 from recthinker.agent.evidence import standardize
 from recthinker.agent.rankers import PerThread
 from recthinker.baselines.base import log_fingerprint, ranked_by_score
+from recthinker.baselines.shipped import FITTED_DIR
+from recthinker.baselines.tuned import tuned_params
+from recthinker.errors import ConfigError
+from recthinker.tools.build import load_resources
 from recthinker.tools.env import CF_MODELS, RecEnv, ToolHost
 from recthinker.types import Episode, Ranking
 
@@ -121,7 +127,7 @@ class Fusion:
 
         text = Path(path).read_text(encoding="utf-8")
         meta = json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8"))
-        return cls(lgb.Booster(model_str=text), meta)
+        return cls(lgb.Booster(model_str=text), {**meta, "file": Path(path).name})
 
 
 def train(rows: Sequence[Mapping[str, np.ndarray]], targets: Sequence[int], *, seed: int = 42) -> Fusion:
@@ -133,7 +139,9 @@ def train(rows: Sequence[Mapping[str, np.ndarray]], targets: Sequence[int], *, s
     import lightgbm as lgb  # heavy: loaded when a fusion model is fitted
 
     if len(rows) != len(targets) or not rows:
-        raise ValueError(f"fusion needs episodes with targets, got {len(rows)} rows and {len(targets)} targets")
+        raise ValueError(
+            f"fusion needs episodes with targets, got {len(rows)} rows and {len(targets)} targets"
+        )
     rng = np.random.default_rng([seed, FUSION_VERSION])
     xs, ys, groups = [], [], []
     for raw, t in zip(rows, targets, strict=True):
@@ -172,17 +180,12 @@ def fit_set(bench) -> str:
         return "loo/valid"
     valid = [s for s in sets if s.endswith("/valid") or s == "valid"]
     if not valid:
-        from recthinker.errors import ConfigError
-
         raise ConfigError(f"{bench.root}: no validation episodes to fit the fusion on; have {sets}")
     return valid[0]
 
 
 def fit_fusion(bench, *, seed: int = 42, limit: int = 0) -> Fusion:
     """The fusion fitted on `bench`'s validation episodes (`fit_set`), cached in `<bench>/fusion/`."""
-    from recthinker.baselines.tuned import tuned_params
-    from recthinker.tools.build import load_resources
-
     name = fit_set(bench)
     rel = bench.manifest["episodes"][name]
     background = bench.background(name)
@@ -205,8 +208,12 @@ def fit_fusion(bench, *, seed: int = 42, limit: int = 0) -> Fusion:
     )
     key = hashlib.sha256(ident.encode()).hexdigest()[:16]
     path = Path(bench.root) / "fusion" / f"fusion-{key}.txt"
-    if path.is_file() and path.with_suffix(".json").is_file():
-        return Fusion.load(path)
+    for p in (
+        path,
+        FITTED_DIR / path.name,
+    ):  # the benchmark's cache, then the fusions shipped for bundled data
+        if p.is_file() and p.with_suffix(".json").is_file():
+            return Fusion.load(p)
     episodes = bench.episodes(name)
     episodes = episodes[:limit] if limit else episodes
     host = ToolHost(RecEnv(load_resources(bench, name, seed=seed)))
@@ -216,11 +223,34 @@ def fit_fusion(bench, *, seed: int = 42, limit: int = 0) -> Fusion:
     t1 = time.perf_counter()
     fusion = train(rows, targets, seed=seed)
     fusion.meta.update(
-        {"fit_set": name, "signals_s": round(t1 - t0, 1), "fit_s": round(time.perf_counter() - t1, 1)}
+        {
+            "fit_set": name,
+            "file": path.name,
+            "signals_s": round(t1 - t0, 1),
+            "fit_s": round(time.perf_counter() - t1, 1),
+        }
     )
     _save(fusion, path)
     log.info("fitted the fusion on %d %s episodes -> %s", len(episodes), name, path)
     return fusion
+
+
+def ship_fusion(bench, *, seed: int = 42) -> list[Path]:
+    """Copy `bench`'s fusion (fitted now when not cached) into the package (`baselines/fitted/`), where
+    `fit_fusion` finds it on a machine that has not fitted it: keyed by the same inputs, so used only for
+    the very same benchmark, settings and seed."""
+    fusion = fit_fusion(bench, seed=seed)
+    name = fusion.meta.get("file")
+    src = Path(bench.root) / "fusion" / name if name else None
+    if src is None or not src.is_file():
+        raise ConfigError(f"{bench.root}: no cached fusion file to ship")
+    written = []
+    for p in (src, src.with_suffix(".json")):
+        dst = FITTED_DIR / p.name
+        dst.write_bytes(p.read_bytes())
+        dst.chmod(0o644)  # package data: readable by everyone who installs it
+        written.append(dst)
+    return written
 
 
 def _save(fusion: Fusion, path: Path) -> None:
@@ -247,3 +277,27 @@ class FusionRanker:
         raw = episode_signals(self.hosts.get(), episode)
         scores = self.fusion.score(raw)
         return Ranking(items=ranked_by_score(episode.episode_id, list(episode.candidates), scores))
+
+
+class LazyFusionOrder:
+    """`Fusion.order` of a benchmark's fusion, fitted (or loaded) on first use: an agent that answers in
+    form (ranking) never pays for it. Thread-safe; the value of `Resources.evidence_order`."""
+
+    def __init__(self, bench, seed: int = 42) -> None:
+        self.bench, self.seed = bench, seed
+        self._fusion: Fusion | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, signals: Mapping[str, np.ndarray], keys: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            if self._fusion is None:
+                self._fusion = fit_fusion(self.bench, seed=self.seed)
+        return self._fusion.order(signals, keys)
+
+
+def with_fusion(resources, bench, seed: int = 42):
+    """`resources` whose answer-form-(c) base order is `bench`'s learned fusion (unchanged when they
+    already carry an evidence order)."""
+    if resources.evidence_order is not None:
+        return resources
+    return dataclasses.replace(resources, evidence_order=LazyFusionOrder(bench, seed))

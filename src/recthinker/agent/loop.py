@@ -128,7 +128,8 @@ def answer_to_ranking(
         return ParsedRanking(items=(), problems=["an evidence answer needs the episode's environment"])
     keys = evidence_signals(evidence_calls)
     models = tuple(k.removeprefix("cf_") for k in keys if k.startswith("cf_"))
-    return evidence_ranking(answer, candidates, env.signals(models) if keys else {}, keys)
+    order = getattr(env, "evidence_order", None)  # the learned fusion, when the resources carry one
+    return evidence_ranking(answer, candidates, env.signals(models) if keys else {}, keys, order)
 
 
 INSTRUCTIONS = messages()["instructions"]  # the task message's last line, per mode

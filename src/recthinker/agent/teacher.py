@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from recthinker.agent.evidence import base_order, standardize
+from recthinker.agent.evidence import environment_order, standardize
 from recthinker.agent.loop import AgentConfig, RecThinker
 from recthinker.agent.parse import parse_turn
 from recthinker.agent.rankers import PerThread
@@ -321,13 +321,13 @@ class BootstrapTeacher:
 
     def _evidence_answer(self, st: _State, evidence: Sequence[str], order: np.ndarray) -> str:
         """Answer form (c): promote the combined leader, demote the combined last, when the environment's
-        equal-weight order of the same evidence (`agent.evidence.base_order`) does not already have them
+        order of the same evidence (`agent.evidence.environment_order`) does not already have them
         there. The environment then ranks the rest by that evidence.
         """
         keys = [s for s in evidence if s != "genre_match"]  # what the environment sees: the tools called
         if not keys:
             return "promote; demote"  # unreachable: the teacher always calls cf_scores first
-        base = base_order(st.raw, keys)
+        base = environment_order(st.raw, keys, self.env.resources.evidence_order)
         promote = [int(order[0])] if base[0] != order[0] else []
         demote = [int(order[-1])] if base[-1] != order[-1] else []
         text = "promote " + " ".join(f"[{i + 1}]" for i in promote)

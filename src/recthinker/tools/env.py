@@ -479,6 +479,11 @@ class ToolHost:
         """
         return self.env._signals(models)
 
+    @property
+    def evidence_order(self):
+        """The resources' evidence combiner for answer form (c) (`Resources.evidence_order`), or None."""
+        return self.env._res.evidence_order
+
     @staticmethod
     def tool_schemas() -> list[dict]:
         """JSON schemas of the tools (`tool_schemas()`)."""

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -147,6 +148,9 @@ class Resources:
         default_factory=dict
     )  # model -> tuned settings (default: defaults)
     train_log: InteractionLog | None = None  # leave-one-out test: the validation background SASRec fits on
+    # answer form (c)'s base order: (signals, keys) -> candidate indices, best first (the learned fusion's
+    # `order`, attached by the composition root); None: the equal-weight sum of the z-scored signals
+    evidence_order: Callable[[Mapping[str, np.ndarray], Sequence[str]], np.ndarray] | None = None
     _scorers: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
