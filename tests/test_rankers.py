@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -68,6 +70,42 @@ def test_agent_ranker_records_tools_and_tau(tiny_benchmark, resources):
     scores = env.signals(("als",))["cf_als"]
     als_order = [episode.candidates[i] for i in np.argsort(-scores, kind="stable")]
     assert tau_vs_signal(env, episode, als_order) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("answer, moved", [("promote [10]; demote [1]", True), ("promote; demote", False)])
+def test_evidence_answer_records_the_unmoved_order_and_the_harness_scores_it(
+    tiny_benchmark, resources, tmp_path, answer, moved
+):
+    from recthinker.eval.harness import evaluate
+
+    episode = tiny_benchmark.episodes("dense/test")[0]
+    call = '<analyze>a</analyze><plan>p</plan><tool_call>{"name": "cf_scores", "arguments": {"model": "als"}}</tool_call>'
+    model = Scripted([call, f"<analyze>a</analyze><plan>p</plan><answer>{answer}</answer>"])
+    config = AgentConfig(answer_form="evidence")
+    ranking = AgentRanker("agent", model, resources, tiny_benchmark.items, config).rank(episode)
+    env = ToolHost(RecEnv(resources))
+    env.reset_episode(episode)
+    scores = env.signals(("als",))["cf_als"]
+    als_order = [episode.candidates[i] for i in np.argsort(-scores, kind="stable")]
+    assert ranking.valid and ranking.info["unmoved_ranking"] == als_order  # the base order, no moves
+    assert (list(ranking.items) != als_order) is moved
+    if moved:
+        assert ranking.items[0] == episode.candidates[9] and ranking.items[-1] == episode.candidates[0]
+
+    class Replay:  # the ranking above, through the harness
+        name = "agent"
+
+        def rank(self, ep):
+            return ranking
+
+    summary = evaluate([Replay()], [episode], tmp_path / "run")["agent"]
+    row = json.loads((tmp_path / "run" / "agent" / "episodes.jsonl").read_text().splitlines()[0])
+    base_rank = als_order.index(episode.target) + 1
+    assert row["moved"] is moved
+    assert row["unmoved_ndcg@10"] == pytest.approx(1 / np.log2(base_rank + 1))
+    assert summary["moved_rate"] == (1.0 if moved else 0.0) and summary["judged"] == 1
+    assert summary["move_gain_ndcg@10"] == pytest.approx(row["ndcg@10"] - row["unmoved_ndcg@10"])
+    assert "moved the base order in" in (tmp_path / "run" / "summary.md").read_text()
 
 
 def test_fixed_workflow_calls_every_tool_once(tiny_benchmark, resources):

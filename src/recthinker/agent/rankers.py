@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from recthinker.agent.loop import AgentConfig, RecThinker
+from recthinker.agent.loop import AgentConfig, RecThinker, answer_to_ranking
 from recthinker.errors import ConfigError
 from recthinker.llm import ChatModel
 from recthinker.metrics import kendall_tau
@@ -149,7 +149,20 @@ class AgentRanker:
         info: dict[str, Any] = {**traj.summary(), "trajectory": traj.to_dict()}
         if traj.valid:
             info["tau_vs_signal"] = tau_vs_signal(env, episode, traj.ranking)
+            if self.config.answer_form == "evidence":
+                info["unmoved_ranking"] = unmoved_ranking(env, traj)
         return Ranking(items=tuple(traj.ranking), valid=traj.valid, note=traj.note, info=info)
+
+
+def unmoved_ranking(env: ToolHost, traj) -> list[str]:
+    """The order an evidence answer (form (c)) would have given without the model's promote/demote: the
+    environment's base order of the same evidence. The harness scores it beside the answer, so a summary
+    says how often the model's own judgement moved the order and what those moves were worth."""
+    calls = [(c.name, c.arguments) for c in traj.tool_calls if c.ok]
+    base = answer_to_ranking("promote; demote", traj.candidates, "evidence", evidence_calls=calls, env=env)
+    if not base.valid:  # a valid evidence answer had evidence, so its base order exists: our bug
+        raise RuntimeError(f"no base order for a valid evidence answer: {base.problems}")
+    return list(base.items)
 
 
 class SignalTau:

@@ -95,7 +95,18 @@ _BASE_KEYS = (
     "note",
     "target_rank",
 )
-_RESERVED = frozenset((*_BASE_KEYS, *METRICS, "latency_s", "error", "backend_error", "backend_message"))
+_RESERVED = frozenset(
+    (
+        *_BASE_KEYS,
+        *METRICS,
+        "latency_s",
+        "error",
+        "backend_error",
+        "backend_message",
+        "moved",
+        "unmoved_ndcg@10",
+    )
+)
 
 
 class BackendUnavailableError(RecThinkerError):
@@ -150,6 +161,11 @@ def _scored_row(episode: Episode, ranking: Ranking, latency_s: float) -> dict[st
     if clash:
         raise ValueError(f"Ranking.info keys {sorted(clash)} clash with harness columns")
     row.update(ranking.info)
+    unmoved = ranking.info.get("unmoved_ranking")
+    if ranking.valid and unmoved is not None:  # answer form (c): what the model's own moves changed
+        unmoved_rank = target_rank(list(unmoved), episode.target)
+        row["moved"] = list(unmoved) != items
+        row["unmoved_ndcg@10"] = score_rank(unmoved_rank)["ndcg@10"]
     return row
 
 
@@ -258,6 +274,19 @@ def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     taus = [float(r["tau_vs_signal"]) for r in rows if r.get("tau_vs_signal") is not None]
     if taus:  # Kendall tau between the ranking and the strongest tool signal (LLM rankers): evidence use
         out["mean_tau_vs_signal"] = float(np.mean(taus))
+    judged = [r for r in rows if r.get("unmoved_ndcg@10") is not None]
+    if judged:  # answer form (c): how often the model's promote/demote changed the order, and its worth
+        moved = [r for r in judged if r["moved"]]
+        out["judged"] = len(judged)
+        out["moved_rate"] = len(moved) / len(judged)
+        gain, lo, hi = (
+            mean_ci95(float(r["ndcg@10"]) - float(r["unmoved_ndcg@10"]) for r in moved)
+            if moved
+            else (0.0, 0.0, 0.0)
+        )
+        out["move_gain_ndcg@10"] = gain
+        out["move_gain_ndcg@10_ci95"] = [lo, hi]
+        out["unmoved_ndcg@10"] = float(np.mean([float(r["unmoved_ndcg@10"]) for r in judged]))
     return out
 
 

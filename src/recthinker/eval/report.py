@@ -76,7 +76,23 @@ def markdown_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
             "–" if backend is None else str(backend),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    notes = [judgement_line(name, stats) for name, stats in summary.items() if "moved_rate" in stats]
+    return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
+
+
+def judgement_line(name: str, stats: Mapping[str, Any]) -> str:
+    """What an answer-form-(c) ranker's own promote/demote did, against the unmoved base order.
+
+    >>> print(judgement_line("agent", {"judged": 20, "moved_rate": 0.1, "move_gain_ndcg@10": -0.05,
+    ...     "move_gain_ndcg@10_ci95": [-0.2, 0.1], "unmoved_ndcg@10": 0.8, "ndcg@10": 0.795}))
+    `agent`: its promote/demote moved the base order in 10.0% of 20 valid answers; NDCG@10 change of those moves -0.050 [-0.200, +0.100] (unmoved order 0.800)
+    """
+    lo, hi = stats["move_gain_ndcg@10_ci95"]
+    return (
+        f"`{name}`: its promote/demote moved the base order in {100 * stats['moved_rate']:.1f}% of "
+        f"{stats['judged']} valid answers; NDCG@10 change of those moves {stats['move_gain_ndcg@10']:+.3f} "
+        f"[{lo:+.3f}, {hi:+.3f}] (unmoved order {stats['unmoved_ndcg@10']:.3f})"
+    )
 
 
 def _csv_text(summary: Mapping[str, Mapping[str, Any]]) -> str:
