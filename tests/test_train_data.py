@@ -289,3 +289,13 @@ def test_teacher_on_ml1m(tmp_path: Path):
         ]
         assert np.mean([r["ndcg@10"] for r in rows]) >= band, summary
         assert 2 <= np.mean([r["tool_calls"] for r in rows]) <= 4
+
+
+def test_what_the_teacher_writes_is_true(teacher_rankings):
+    """Every number and label in the teacher's analyses and plans matches its prompt and observations
+    (`agent.claims`): the style the default model imitates states only true things."""
+    _, rankings = teacher_rankings
+    stated = sum(r.info["claims"] for r in rankings)
+    assert stated >= 3 * len(rankings)  # history size, category shares, candidate overlap at least
+    bad = [c for r in rankings for c in r.info["unsupported_claims"]]
+    assert sum(r.info["claims_supported"] for r in rankings) == stated, bad

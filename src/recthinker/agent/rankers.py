@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from recthinker.agent.claims import claim_counts
 from recthinker.agent.loop import AgentConfig, RecThinker, answer_to_ranking
 from recthinker.errors import ConfigError
 from recthinker.llm import ChatModel
@@ -146,7 +147,7 @@ class AgentRanker:
         if self.kind == "fixed-workflow":
             agent.fixed_workflow = fixed_workflow_calls(episode, self.items)
         traj = agent.run(episode)
-        info: dict[str, Any] = {**traj.summary(), "trajectory": traj.to_dict()}
+        info: dict[str, Any] = {**traj.summary(), **claim_counts(traj), "trajectory": traj.to_dict()}
         if traj.valid:
             info["tau_vs_signal"] = tau_vs_signal(env, episode, traj.ranking)
             if self.config.answer_form == "evidence":

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from recthinker.agent.claims import claim_counts
 from recthinker.agent.evidence import environment_order, standardize
 from recthinker.agent.loop import AgentConfig, RecThinker
 from recthinker.agent.parse import parse_turn
@@ -370,5 +371,5 @@ class TeacherRanker:
 
     def rank(self, episode: Episode) -> Ranking:
         traj = self.agent().run(episode)
-        info = {**traj.summary(), "trajectory": traj.to_dict()}
+        info = {**traj.summary(), **claim_counts(traj), "trajectory": traj.to_dict()}
         return Ranking(items=tuple(traj.ranking), valid=traj.valid, note=traj.note, info=info)

@@ -274,6 +274,13 @@ def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     taus = [float(r["tau_vs_signal"]) for r in rows if r.get("tau_vs_signal") is not None]
     if taus:  # Kendall tau between the ranking and the strongest tool signal (LLM rankers): evidence use
         out["mean_tau_vs_signal"] = float(np.mean(taus))
+    with_claims = [r for r in rows if r.get("claims") is not None]
+    if with_claims:  # numbers and labels the analysis and plan state, checked against what the model saw
+        stated = sum(_count(r["claims"]) for r in with_claims)
+        out["claims"] = stated
+        out["claim_support"] = (
+            sum(_count(r["claims_supported"]) for r in with_claims) / stated if stated else 1.0
+        )
     judged = [r for r in rows if r.get("unmoved_ndcg@10") is not None]
     if judged:  # answer form (c): how often the model's promote/demote changed the order, and its worth
         moved = [r for r in judged if r["moved"]]

@@ -77,6 +77,12 @@ def markdown_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     notes = [judgement_line(name, stats) for name, stats in summary.items() if "moved_rate" in stats]
+    notes += [
+        f"`{name}`: {100 * stats['claim_support']:.1f}% of the {stats['claims']} numbers and labels its "
+        "analysis and plan state match the prompt and its observations (`agent/claims.py`)"
+        for name, stats in summary.items()
+        if stats.get("claims")
+    ]
     return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 

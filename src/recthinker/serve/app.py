@@ -49,6 +49,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from recthinker.agent.claims import trajectory_claims
 from recthinker.agent.loop import AgentConfig, RecThinker
 from recthinker.agent.prompting import render_item
 from recthinker.agent.rankers import default_config
@@ -157,6 +158,16 @@ def step_events(step: Step) -> list[tuple[str, dict[str, Any]]]:
             )
         )
     return events
+
+
+def claim_events(traj: Trajectory) -> list[tuple[str, dict[str, Any]]]:
+    """One `claims` event per turn whose analysis or plan states something no observation or the prompt
+    supports (`agent.claims`): the page marks those turns."""
+    return [
+        ("claims", {"turn": step.index, "unsupported": [c.to_dict() for c in claims if not c.supported]})
+        for step, claims in zip(traj.steps, trajectory_claims(traj), strict=True)
+        if any(not c.supported for c in claims)
+    ]
 
 
 def answer_events(traj: Trajectory) -> list[tuple[str, dict[str, Any]]]:
@@ -332,7 +343,7 @@ class Service:
                     if job.cancel.is_set():
                         raise Cancelled
         traj = item  # the stream's last item
-        for kind, data in answer_events(traj):
+        for kind, data in [*claim_events(traj), *answer_events(traj)]:
             job.emit(kind, data)
         return traj
 

@@ -143,6 +143,13 @@ const handlers = {
     if (!d.ok) tool.classList.add("bad");
     tool.append(el("pre", {}, d.observation));
   },
+  claims(d) {
+    const box = turnBox(d.turn);
+    box.classList.add("unsupported");
+    for (const c of d.unsupported) {
+      box.append(part("Unsupported", `“${c.text}”: ${c.why}; no observation or the prompt says so`, "problem claim"));
+    }
+  },
   answer(d) {
     turnBox(d.turn).append(part("Answer", d.raw, "answer"));
   },
