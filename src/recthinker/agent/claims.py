@@ -82,7 +82,7 @@ def shown(prompt: str) -> Shown:
         if in_history and line.startswith("- "):
             history.append(_categories(line))
             continue
-        in_history = in_history and line.startswith("- ")
+        in_history = False
         if _CANDIDATE_LINE.match(line):
             candidates.append(_categories(line))
     return Shown(tuple(history), tuple(candidates), total)
@@ -122,8 +122,9 @@ def check_text(text: str, prompt: str, observations: Sequence[str]) -> list[Clai
     for m in _SHARE.finditer(text):
         if any(s <= m.start() < e for s, e in spans):
             continue
-        genre, a, b = m.group(1).split()[-1], int(m.group(2)), int(m.group(3))
-        genre = m.group(1) if any(m.group(1) in h for h in seen.history) else genre
+        # the category, or the last word of a capitalised run such as "Focused Comedy (3/6)"
+        words, a, b = m.group(1), int(m.group(2)), int(m.group(3))
+        genre = words if any(words in h for h in seen.history) else words.split()[-1]
         true = sum(genre in h for h in seen.history)
         ok = (a, b) == (true, n_hist)
         claims.append(

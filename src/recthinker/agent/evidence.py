@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from recthinker.agent.parse import ParsedRanking
 from recthinker.tools.env import TOOLS
-
-# candidate indices, best first, from the signals `keys` of a {signal: per-candidate values} mapping
-EvidenceOrder = Callable[[Mapping[str, np.ndarray], Sequence[str]], np.ndarray]
+from recthinker.tools.resources import EvidenceOrder
 
 _SECTION_RE = re.compile(r"(promote|demote)\s*:?\s*((?:\[\s*\d{1,4}\s*\][\s,]*)*)", re.IGNORECASE)
 _LABEL_RE = re.compile(r"\[\s*(\d{1,4})\s*\]")

@@ -208,10 +208,7 @@ def fit_fusion(bench, *, seed: int = 42, limit: int = 0) -> Fusion:
     )
     key = hashlib.sha256(ident.encode()).hexdigest()[:16]
     path = Path(bench.root) / "fusion" / f"fusion-{key}.txt"
-    for p in (
-        path,
-        FITTED_DIR / path.name,
-    ):  # the benchmark's cache, then the fusions shipped for bundled data
+    for p in (path, FITTED_DIR / path.name):  # the benchmark's cache, then the fusions shipped in the package
         if p.is_file() and p.with_suffix(".json").is_file():
             return Fusion.load(p)
     episodes = bench.episodes(name)
@@ -240,16 +237,11 @@ def ship_fusion(bench, *, seed: int = 42) -> list[Path]:
     `fit_fusion` finds it on a machine that has not fitted it: keyed by the same inputs, so used only for
     the very same benchmark, settings and seed."""
     fusion = fit_fusion(bench, seed=seed)
-    name = fusion.meta.get("file")
-    src = Path(bench.root) / "fusion" / name if name else None
-    if src is None or not src.is_file():
-        raise ConfigError(f"{bench.root}: no cached fusion file to ship")
-    written = []
-    for p in (src, src.with_suffix(".json")):
-        dst = FITTED_DIR / p.name
-        dst.write_bytes(p.read_bytes())
-        dst.chmod(0o644)  # package data: readable by everyone who installs it
-        written.append(dst)
+    path = FITTED_DIR / fusion.meta["file"]
+    _save(fusion, path)
+    written = [path, path.with_suffix(".json")]
+    for p in written:
+        p.chmod(0o644)  # package data: readable by everyone who installs it
     return written
 
 

@@ -328,7 +328,7 @@ class BootstrapTeacher:
         keys = [s for s in evidence if s != "genre_match"]  # what the environment sees: the tools called
         if not keys:
             return "promote; demote"  # unreachable: the teacher always calls cf_scores first
-        base = environment_order(st.raw, keys, self.env.resources.evidence_order)
+        base = environment_order(st.raw, keys, self.env.evidence_order)
         promote = [int(order[0])] if base[0] != order[0] else []
         demote = [int(order[-1])] if base[-1] != order[-1] else []
         text = "promote " + " ".join(f"[{i + 1}]" for i in promote)

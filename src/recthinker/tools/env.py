@@ -482,7 +482,7 @@ class ToolHost:
     @property
     def evidence_order(self):
         """The resources' evidence combiner for answer form (c) (`Resources.evidence_order`), or None."""
-        return self.env._res.evidence_order
+        return self.resources.evidence_order
 
     @staticmethod
     def tool_schemas() -> list[dict]:

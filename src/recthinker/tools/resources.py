@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 CF_MODELS = ("als", "sasrec")  # models `cf_scores` may ask for
 
+# candidate indices, best first, from the signals `keys` of a {signal: per-candidate values} mapping
+EvidenceOrder = Callable[[Mapping[str, np.ndarray], Sequence[str]], np.ndarray]
+
 
 @dataclass(frozen=True, eq=False)
 class Catalog:
@@ -148,9 +151,9 @@ class Resources:
         default_factory=dict
     )  # model -> tuned settings (default: defaults)
     train_log: InteractionLog | None = None  # leave-one-out test: the validation background SASRec fits on
-    # answer form (c)'s base order: (signals, keys) -> candidate indices, best first (the learned fusion's
-    # `order`, attached by the composition root); None: the equal-weight sum of the z-scored signals
-    evidence_order: Callable[[Mapping[str, np.ndarray], Sequence[str]], np.ndarray] | None = None
+    # answer form (c)'s base order (the learned fusion's `order`, attached by the composition root); None:
+    # the equal-weight sum of the z-scored signals
+    evidence_order: EvidenceOrder | None = None
     _scorers: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
